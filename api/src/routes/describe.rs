@@ -1,0 +1,171 @@
+//! Read endpoints for runners and commands. Lists page with `limit` and an opaque
+//! `cursor`, and carry a weak ETag built from the table's revision counter and
+//! the query, so a dashboard's repeated poll costs one index lookup and a 304.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use geonex_shared::domain::{Action, CommandStatus, DesiredState, ObservedState};
+use geonex_shared::error::FieldError;
+use geonex_shared::store::{CommandQuery, CommandRecord, RunnerQuery, RunnerRecord};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::params::{Params, encode_cursor};
+
+#[derive(Serialize, ToSchema)]
+pub struct RunnerList {
+    #[schema(value_type = Vec<Object>)]
+    pub runners: Vec<RunnerRecord>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CommandList {
+    #[schema(value_type = Vec<Object>)]
+    pub commands: Vec<CommandRecord>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct DescribeRunnersParams {
+    runner_id: Option<String>,
+    /// Observed state: requested, pending, running, stopping, stopped, shutting-down, terminated, failed.
+    state: Option<String>,
+    /// Desired state: running, stopped, deleted.
+    desired_state: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct DescribeCommandsParams {
+    runner_id: Option<String>,
+    /// queued, running, retrying, succeeded, dead.
+    status: Option<String>,
+    /// start_runner, restart_runner, stop_runner, delete_runner, send_email, s3_usage_scan.
+    action: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct DescribeCommandParams {
+    command_id: Uuid,
+}
+
+fn enum_param<T>(params: &Params, name: &'static str, parse: fn(&str) -> Option<T>, allowed: &str) -> Result<Option<T>, FieldError> {
+    params.parse_opt(name, |v| parse(v).ok_or_else(|| FieldError::invalid(name, format!("must be one of: {allowed}"))))
+}
+
+fn etag(kind: &str, revision: i64, params: &Params) -> String {
+    format!("W/\"{kind}-{revision}-{}\"", params.digest())
+}
+
+/// `Some(304)` when the client already has this version.
+fn not_modified(headers: &HeaderMap, tag: &str) -> Option<Response> {
+    let inm = headers.get(header::IF_NONE_MATCH)?.to_str().ok()?;
+    let hit = inm.split(',').map(str::trim).any(|t| t == tag || t == "*" || t.trim_start_matches("W/") == tag.trim_start_matches("W/"));
+    hit.then(|| with_etag(StatusCode::NOT_MODIFIED.into_response(), tag))
+}
+
+fn with_etag(mut r: Response, tag: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(tag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+#[utoipa::path(get, path = "/describe-runners", tag = "runners", params(DescribeRunnersParams),
+    responses(
+        (status = 200, description = "Runners, ordered by runner_id", body = RunnerList),
+        (status = 304, description = "Unchanged since the ETag given in If-None-Match"),
+        (status = 400, description = "Bad filter, limit or cursor", body = ErrorBody),
+    ))]
+pub async fn describe_runners(State(app): State<AppState>, headers: HeaderMap, params: Params) -> Result<Response, ApiError> {
+    let revision = app.store.runners_revision().await?;
+    let tag = etag("runners", revision, &params);
+    if let Some(r) = not_modified(&headers, &tag) {
+        return Ok(r);
+    }
+    let limit = params.limit(app.settings.default_page_size, app.settings.max_page_size)?;
+    let q = RunnerQuery {
+        runner_id: params.get("runner_id").map(str::to_owned),
+        observed: enum_param(&params, "state", ObservedState::parse,
+            "requested, pending, running, stopping, stopped, shutting-down, terminated, failed")?,
+        desired: enum_param(&params, "desired_state", DesiredState::parse, "running, stopped, deleted")?,
+        after_runner_id: params.cursor('r')?,
+        limit: limit + 1,
+    };
+    let mut runners = app.store.list_runners(&q).await?;
+    let next_cursor = if runners.len() as i64 > limit {
+        runners.truncate(limit as usize);
+        runners.last().map(|r| encode_cursor('r', &r.runner_id))
+    } else {
+        None
+    };
+    Ok(with_etag(Json(RunnerList { runners, next_cursor }).into_response(), &tag))
+}
+
+#[utoipa::path(get, path = "/describe-commands", tag = "commands", params(DescribeCommandsParams),
+    responses(
+        (status = 200, description = "Commands, newest first", body = CommandList),
+        (status = 304, description = "Unchanged since the ETag given in If-None-Match"),
+        (status = 400, description = "Bad filter, limit or cursor", body = ErrorBody),
+    ))]
+pub async fn describe_commands(State(app): State<AppState>, headers: HeaderMap, params: Params) -> Result<Response, ApiError> {
+    let revision = app.store.commands_revision().await?;
+    let tag = etag("commands", revision, &params);
+    if let Some(r) = not_modified(&headers, &tag) {
+        return Ok(r);
+    }
+    let limit = params.limit(app.settings.default_page_size, app.settings.max_page_size)?;
+    let before_seq = match params.cursor('c')? {
+        Some(s) => Some(s.parse::<i64>().map_err(|_| FieldError::invalid("cursor", "is not a cursor this API returned"))?),
+        None => None,
+    };
+    let q = CommandQuery {
+        runner_id: params.get("runner_id").map(str::to_owned),
+        status: enum_param(&params, "status", CommandStatus::parse, "queued, running, retrying, succeeded, dead")?,
+        action: enum_param(&params, "action", Action::parse,
+            "start_runner, restart_runner, stop_runner, delete_runner, send_email, s3_usage_scan")?,
+        before_seq,
+        limit: limit + 1,
+    };
+    let mut commands = app.store.list_commands(&q).await?;
+    let next_cursor = if commands.len() as i64 > limit {
+        commands.truncate(limit as usize);
+        commands.last().map(|c| encode_cursor('c', &c.seq.to_string()))
+    } else {
+        None
+    };
+    Ok(with_etag(Json(CommandList { commands, next_cursor }).into_response(), &tag))
+}
+
+#[utoipa::path(get, path = "/describe-command", tag = "commands", params(DescribeCommandParams),
+    responses(
+        (status = 200, description = "One command with its params and result", body = Object),
+        (status = 400, description = "Missing or malformed command_id", body = ErrorBody),
+        (status = 404, description = "Unknown command", body = ErrorBody),
+    ))]
+pub async fn describe_command(State(app): State<AppState>, params: Params) -> Result<Response, ApiError> {
+    let id = params.parse("command_id", |v| {
+        Uuid::parse_str(v).map_err(|_| FieldError::invalid("command_id", "must be a UUID"))
+    })?;
+    match app.store.get_command(id).await? {
+        Some(c) => Ok(Json(c).into_response()),
+        None => Err(ApiError::not_found(&format!("command {id}"), "command_id")),
+    }
+}

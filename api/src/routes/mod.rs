@@ -1,0 +1,5 @@
+//! HTTP handlers, one module per area.
+
+pub mod describe;
+pub mod ops;
+pub mod runners;

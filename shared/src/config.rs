@@ -1,0 +1,376 @@
+//! Typed, layered configuration: defaults, then an optional TOML file
+//! (`GEONEX_CONFIG`, or `geonex.toml` in the working directory), then `GEONEX_*`
+//! environment variables (`GEONEX_SECTION__KEY` for nested keys).
+//!
+//! Secrets are `SecretString`: they print as `[REDACTED]` in `Debug` and serialize
+//! as `***`, so the effective configuration can be logged safely.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+
+fn redact<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("***"),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Settings {
+    /// HTTP listen address.
+    pub listen: String,
+    /// `postgres://…`. Required in this release.
+    #[serde(serialize_with = "redact")]
+    pub database_url: Option<SecretString>,
+    /// RabbitMQ URL (`amqp://…`, `amqps://…`).
+    #[serde(serialize_with = "redact")]
+    pub amqp_url: Option<SecretString>,
+    /// `aws` for EC2 through the AWS SDK.
+    pub cloud: Option<String>,
+    pub data_dir: PathBuf,
+    pub database: DatabaseSettings,
+    pub queue: QueueSettings,
+    pub worker: WorkerSettings,
+    pub relay: RelaySettings,
+    pub ec2: Ec2Settings,
+    pub api: ApiSettings,
+    pub log: LogSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            database_url: None,
+            amqp_url: None,
+            cloud: None,
+            data_dir: PathBuf::from("./geonex-data"),
+            database: DatabaseSettings::default(),
+            queue: QueueSettings::default(),
+            worker: WorkerSettings::default(),
+            relay: RelaySettings::default(),
+            ec2: Ec2Settings::default(),
+            api: ApiSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct DatabaseSettings {
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { max_connections: 20, acquire_timeout_ms: 5_000 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct QueueSettings {
+    /// Name of the exchange and prefix of every queue (`geonex`, `geonex.runner`, …).
+    pub prefix: String,
+    /// Unacknowledged messages a worker holds per queue.
+    pub prefetch: u16,
+    /// How long a publish may wait for the broker's confirm before the relay takes over.
+    pub publish_timeout_ms: u64,
+    /// Delete idle queues after this long (for throwaway environments only).
+    pub queue_expires_ms: Option<u64>,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self { prefix: "geonex".into(), prefetch: 32, publish_timeout_ms: 2_000, queue_expires_ms: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct WorkerSettings {
+    /// Commands a worker process handles at once.
+    pub concurrency: usize,
+    /// A claimed command's lease; renewed while its handler runs.
+    pub lease_secs: u64,
+    /// Attempts before a command is dead.
+    pub max_attempts: i32,
+    pub retry_base_ms: u64,
+    pub retry_cap_ms: u64,
+    /// Delay before a command blocked behind an earlier one on the same runner is retried.
+    pub blocked_delay_ms: u64,
+    /// How long in-flight commands may run after SIGTERM before the worker exits.
+    pub shutdown_grace_secs: u64,
+    /// Longest wait for an instance to reach a state (e.g. stopped before a restart).
+    pub instance_wait_secs: u64,
+    pub instance_poll_ms: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            lease_secs: 300,
+            max_attempts: 8,
+            retry_base_ms: 1_000,
+            retry_cap_ms: 600_000,
+            blocked_delay_ms: 1_000,
+            shutdown_grace_secs: 30,
+            instance_wait_secs: 600,
+            instance_poll_ms: 2_000,
+        }
+    }
+}
+
+impl WorkerSettings {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RelaySettings {
+    /// How often the relay looks for commands whose publish was not confirmed,
+    /// and the rescuer for expired leases.
+    pub interval_ms: u64,
+    /// A command accepted this long ago without a confirmed publish is re-published.
+    pub grace_ms: u64,
+    /// A retrying command still unclaimed this long after its due time is re-published
+    /// (its delayed message was lost).
+    pub overdue_ms: u64,
+    pub batch: i64,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self { interval_ms: 1_000, grace_ms: 5_000, overdue_ms: 120_000, batch: 500 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Ec2Settings {
+    /// Overrides the AWS endpoint for EC2 (an emulator); `AWS_ENDPOINT_URL` also works.
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    pub ami_id: String,
+    pub subnet_id: Option<String>,
+    pub security_group_ids: Vec<String>,
+    pub key_name: Option<String>,
+    pub iam_instance_profile: Option<String>,
+    /// Exact instance types or `family.*` patterns; empty allows any well-formed type.
+    pub allowed_instance_types: Vec<String>,
+    /// A minijinja template file replacing the built-in user data.
+    pub user_data_template: Option<PathBuf>,
+}
+
+impl Default for Ec2Settings {
+    fn default() -> Self {
+        Self {
+            endpoint_url: None,
+            region: None,
+            ami_id: "ami-03cf127a".into(),
+            subnet_id: None,
+            security_group_ids: Vec::new(),
+            key_name: None,
+            iam_instance_profile: None,
+            allowed_instance_types: ["t3.*", "t3a.*", "m5.*", "m5d.*", "m6i.*", "c5.*", "c6i.*", "r5.*"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            user_data_template: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ApiSettings {
+    /// Largest request body accepted.
+    pub body_limit_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub default_page_size: i64,
+    pub max_page_size: i64,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self { body_limit_bytes: 64 * 1024, request_timeout_ms: 30_000, default_page_size: 100, max_page_size: 1_000 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct LogSettings {
+    /// `json` or `pretty`.
+    pub format: String,
+    /// An `EnvFilter` directive; `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { format: "json".into(), filter: "info".into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(String);
+
+impl Settings {
+    /// Loads defaults, the optional file and the process environment.
+    pub fn load() -> Result<(Settings, Vec<String>), ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(vars)
+    }
+
+    /// Loads from an explicit environment; returns the settings and the names of
+    /// `GEONEX_*` variables that match no setting (to be warned about).
+    pub fn load_from(vars: Vec<(String, String)>) -> Result<(Settings, Vec<String>), ConfigError> {
+        let file = vars
+            .iter()
+            .find(|(k, _)| k == "GEONEX_CONFIG")
+            .map(|(_, v)| PathBuf::from(v))
+            .unwrap_or_else(|| PathBuf::from("geonex.toml"));
+        let env_vars: Vec<(String, String)> = vars
+            .iter()
+            .filter(|(k, _)| k.starts_with("GEONEX_") && !NOT_SETTINGS.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        let figment = Figment::new().merge(Toml::file(&file)).merge(EnvList(env_vars.clone()));
+        let settings: Settings = figment.extract().map_err(|e| ConfigError(e.to_string()))?;
+        let known = known_keys();
+        let unknown = env_vars
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| !known.contains(&key_of(k)))
+            .cloned()
+            .collect();
+        Ok((settings, unknown))
+    }
+
+    pub fn database_url(&self) -> Option<&str> {
+        self.database_url.as_ref().map(|s| s.expose_secret())
+    }
+
+    pub fn amqp_url(&self) -> Option<&str> {
+        self.amqp_url.as_ref().map(|s| s.expose_secret())
+    }
+
+    /// The effective configuration with secrets redacted.
+    pub fn redacted_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// `GEONEX_*` variables read elsewhere: the config file's path, and crash points
+/// for recovery tests.
+const NOT_SETTINGS: &[&str] = &["GEONEX_CONFIG", "GEONEX_FAILPOINTS"];
+
+/// `GEONEX_EC2__AMI_ID` → `ec2.ami_id`.
+fn key_of(var: &str) -> String {
+    var.trim_start_matches("GEONEX_").to_ascii_lowercase().replace("__", ".")
+}
+
+fn known_keys() -> BTreeSet<String> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut BTreeSet<String>) {
+        if let serde_json::Value::Object(map) = v {
+            for (k, v) in map {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                walk(&key, v, out);
+                out.insert(key);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk("", &Settings::default().redacted_json(), &mut out);
+    out
+}
+
+/// A figment provider over an explicit list of `GEONEX_*` variables, so tests and
+/// subprocesses can load configuration without touching the process environment.
+struct EnvList(Vec<(String, String)>);
+
+impl figment::Provider for EnvList {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("GEONEX_* environment variables")
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut dict = figment::value::Dict::new();
+        for (k, v) in &self.0 {
+            let key = key_of(k);
+            let value: figment::value::Value = v.parse().unwrap_or_else(|_| v.clone().into());
+            insert_path(&mut dict, &key, value);
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+fn insert_path(dict: &mut figment::value::Dict, key: &str, value: figment::value::Value) {
+    match key.split_once('.') {
+        None => {
+            dict.insert(key.to_owned(), value);
+        }
+        Some((head, rest)) => {
+            let entry = dict
+                .entry(head.to_owned())
+                .or_insert_with(|| figment::value::Value::from(figment::value::Dict::new()));
+            if let figment::value::Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn environment_overrides_defaults_and_nested_keys() {
+        let (s, unknown) = Settings::load_from(env(&[
+            ("GEONEX_LISTEN", "0.0.0.0:9000"),
+            ("GEONEX_DATABASE_URL", "postgres://u:hunter2@db/x"),
+            ("GEONEX_WORKER__CONCURRENCY", "4"),
+            ("GEONEX_EC2__ALLOWED_INSTANCE_TYPES", "[m5d.*, t3.micro]"),
+            ("GEONEX_EC2__AMI_ID", "ami-12345678"),
+            ("GEONEX_WROKER__CONCURRENCY", "2"),
+        ]))
+        .unwrap();
+        assert_eq!(s.listen, "0.0.0.0:9000");
+        assert_eq!(s.worker.concurrency, 4);
+        assert_eq!(s.ec2.ami_id, "ami-12345678");
+        assert_eq!(s.ec2.allowed_instance_types, vec!["m5d.*", "t3.micro"]);
+        assert_eq!(s.database_url(), Some("postgres://u:hunter2@db/x"));
+        assert_eq!(unknown, vec!["GEONEX_WROKER__CONCURRENCY".to_string()]);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let (s, _) = Settings::load_from(env(&[("GEONEX_DATABASE_URL", "postgres://u:hunter2@db/x")])).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!s.redacted_json().to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn malformed_values_are_reported() {
+        let err = Settings::load_from(env(&[("GEONEX_WORKER__CONCURRENCY", "many")])).unwrap_err();
+        assert!(err.to_string().contains("concurrency"), "{err}");
+    }
+}

@@ -1,0 +1,10 @@
+//! GeoNEX-core's shared crate: the domain vocabulary, configuration, and the two
+//! ports both the API and the workers use (store and queue) with their adapters.
+
+pub mod config;
+pub mod dispatch;
+pub mod domain;
+pub mod error;
+pub mod message;
+pub mod queue;
+pub mod store;

@@ -1,0 +1,278 @@
+//! The store port: everything the API and the workers read and write about
+//! commands and runners. Postgres is the production adapter (`postgres.rs`).
+//!
+//! Every state change a caller needs to be atomic is one method here, so an
+//! adapter can put it in one transaction.
+
+mod plan;
+pub mod postgres;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::domain::{
+    Action, CommandStatus, DesiredState, ImageRef, InstanceId, InstanceType, ObservedState, RunnerId,
+    RunnerName, S3Uri,
+};
+use crate::error::FieldError;
+use crate::message::CommandMessage;
+
+pub use plan::{RunnerChange, plan_runner_command};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandRecord {
+    pub command_id: Uuid,
+    #[serde(skip)]
+    pub seq: i64,
+    pub action: Action,
+    pub runner_id: Option<String>,
+    pub status: CommandStatus,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub last_error: Option<String>,
+    pub requested_by: String,
+    pub trace_id: String,
+    pub params: serde_json::Value,
+    pub result: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+impl CommandRecord {
+    /// The broker message that points at this command.
+    pub fn message(&self) -> CommandMessage {
+        CommandMessage {
+            command_id: self.command_id,
+            action: self.action,
+            runner_id: self.runner_id.clone(),
+            attempt: self.attempts,
+            enqueued_at: Utc::now(),
+            trace_id: self.trace_id.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunnerRecord {
+    pub runner_id: String,
+    pub runner_name: String,
+    pub instance_type: String,
+    pub image_name: String,
+    pub s3_output: String,
+    pub instance_id: Option<String>,
+    pub desired_state: DesiredState,
+    pub observed_state: ObservedState,
+    pub last_error: Option<String>,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A validated runner action as the API accepted it.
+#[derive(Debug, Clone)]
+pub enum RunnerRequest {
+    Start { instance_type: InstanceType, image_name: ImageRef, s3_output: S3Uri, runner_name: RunnerName },
+    Restart { instance_id: InstanceId, image_name: ImageRef, s3_output: S3Uri, runner_name: RunnerName },
+    Stop { instance_id: InstanceId, runner_name: Option<RunnerName> },
+    Delete { instance_id: InstanceId, runner_name: Option<RunnerName> },
+}
+
+impl RunnerRequest {
+    pub fn action(&self) -> Action {
+        match self {
+            RunnerRequest::Start { .. } => Action::StartRunner,
+            RunnerRequest::Restart { .. } => Action::RestartRunner,
+            RunnerRequest::Stop { .. } => Action::StopRunner,
+            RunnerRequest::Delete { .. } => Action::DeleteRunner,
+        }
+    }
+
+    /// The parameters stored with the command (what the worker will apply).
+    pub fn params(&self, runner_id: &RunnerId) -> serde_json::Value {
+        let mut v = match self {
+            RunnerRequest::Start { instance_type, image_name, s3_output, runner_name } => serde_json::json!({
+                "instance_type": instance_type, "image_name": image_name,
+                "s3_output": s3_output, "runner_name": runner_name,
+            }),
+            RunnerRequest::Restart { instance_id, image_name, s3_output, runner_name } => serde_json::json!({
+                "instance_id": instance_id, "image_name": image_name,
+                "s3_output": s3_output, "runner_name": runner_name,
+            }),
+            RunnerRequest::Stop { instance_id, runner_name } | RunnerRequest::Delete { instance_id, runner_name } => {
+                serde_json::json!({ "instance_id": instance_id, "runner_name": runner_name })
+            }
+        };
+        v["runner_id"] = serde_json::json!(runner_id);
+        v
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRunnerCommand {
+    pub command_id: Uuid,
+    pub runner_id: RunnerId,
+    pub request: RunnerRequest,
+    pub requested_by: String,
+    pub idempotency_key: Option<String>,
+    pub trace_id: String,
+    pub max_attempts: i32,
+}
+
+/// Outcome of submitting a command.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub command: CommandRecord,
+    /// False when an earlier request with the same idempotency key already created it.
+    pub created: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("{0}")]
+    Invalid(FieldError),
+    #[error("runner {0} not found")]
+    RunnerNotFound(String),
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String, field: Option<&'static str> },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                StoreError::Unavailable(e.to_string())
+            }
+            other => StoreError::Other(other.to_string()),
+        }
+    }
+}
+
+/// What happened when a worker tried to claim a command.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// The caller now holds the command's lease.
+    Claimed { command: CommandRecord, runner: Option<RunnerRecord> },
+    /// The command already finished: a duplicate delivery.
+    Finished(CommandStatus),
+    /// Another worker holds a live lease on it.
+    Busy,
+    /// An earlier command on the same runner has not finished yet.
+    Blocked,
+    NotFound,
+}
+
+/// The cloud's view of a runner's instance after a successful runner command.
+#[derive(Debug, Clone)]
+pub struct RunnerObservation {
+    pub instance_id: Option<String>,
+    pub observed: ObservedState,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CommandQuery {
+    pub runner_id: Option<String>,
+    pub status: Option<CommandStatus>,
+    pub action: Option<Action>,
+    /// Only commands with `seq` below this (newest first paging).
+    pub before_seq: Option<i64>,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunnerQuery {
+    pub runner_id: Option<String>,
+    pub observed: Option<ObservedState>,
+    pub desired: Option<DesiredState>,
+    /// Only runners whose id sorts after this.
+    pub after_runner_id: Option<String>,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone)]
+pub enum ReplaySelector {
+    All,
+    Action(Action),
+    Command(Uuid),
+}
+
+#[derive(Debug, Clone)]
+pub struct Replayed {
+    pub replayed: Vec<CommandRecord>,
+    /// Dead commands left alone, with the reason.
+    pub skipped: Vec<(Uuid, String)>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn migrate(&self) -> Result<(), StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Validates the command against the runner's state and writes the command and
+    /// the runner's desired state in one transaction.
+    async fn submit_runner_command(&self, cmd: NewRunnerCommand) -> Result<Submitted, SubmitError>;
+
+    async fn get_command(&self, command_id: Uuid) -> Result<Option<CommandRecord>, StoreError>;
+    async fn list_commands(&self, q: &CommandQuery) -> Result<Vec<CommandRecord>, StoreError>;
+    async fn get_runner(&self, runner_id: &str) -> Result<Option<RunnerRecord>, StoreError>;
+    async fn list_runners(&self, q: &RunnerQuery) -> Result<Vec<RunnerRecord>, StoreError>;
+    /// A number that changes whenever any runner row changes (for ETags).
+    async fn runners_revision(&self) -> Result<i64, StoreError>;
+    /// A number that changes whenever any command row changes (for ETags).
+    async fn commands_revision(&self) -> Result<i64, StoreError>;
+
+    /// Records that the broker confirmed these commands' messages.
+    async fn mark_published(&self, command_ids: &[Uuid]) -> Result<(), StoreError>;
+    /// Commands whose message must be (re-)published: accepted but never confirmed,
+    /// or retrying and long overdue.
+    async fn due_for_publish(&self, grace: Duration, overdue: Duration, limit: i64)
+    -> Result<Vec<CommandRecord>, StoreError>;
+    /// Returns commands whose lease expired (their worker died) to `retrying`, or to
+    /// `dead` when their attempts are spent. Returns how many were rescued.
+    async fn rescue_expired_leases(&self) -> Result<u64, StoreError>;
+
+    async fn claim(&self, command_id: Uuid, lease: Duration) -> Result<Claim, StoreError>;
+    /// Extends a held lease; false if the command is no longer ours to run.
+    async fn renew_lease(&self, command_id: Uuid, lease: Duration) -> Result<bool, StoreError>;
+    /// Progress recorded mid-command (an instance was launched), so a crash after it
+    /// loses nothing.
+    async fn record_instance(&self, runner_id: &str, obs: &RunnerObservation) -> Result<(), StoreError>;
+    /// Completes a runner command and records the runner's new state in one transaction.
+    async fn succeed_runner_command(
+        &self,
+        command_id: Uuid,
+        runner_id: &str,
+        obs: &RunnerObservation,
+        result: serde_json::Value,
+    ) -> Result<(), StoreError>;
+    /// Sets a running command to `retrying`; its next message must be published.
+    async fn retry_command(&self, command_id: Uuid, error: &str, next_attempt_at: DateTime<Utc>)
+    -> Result<(), StoreError>;
+    /// Sets a running command to `dead`, and for runner commands records the error
+    /// (and, if given, the observed state) on the runner.
+    async fn kill_command(
+        &self,
+        command_id: Uuid,
+        error: &str,
+        runner_state: Option<ObservedState>,
+    ) -> Result<(), StoreError>;
+
+    /// Moves dead commands back to `queued` (attempts reset) for re-publishing.
+    async fn replay(&self, selector: ReplaySelector) -> Result<Replayed, StoreError>;
+}

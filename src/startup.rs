@@ -1,0 +1,175 @@
+//! Builds the running system from settings: adapters for each port, then the API
+//! server, the workers and the relay, depending on the role. `Application::build`
+//! binds the listener (port 0 works), so tests run the real thing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use geonex_api::AppState;
+use geonex_shared::config::Settings;
+use geonex_shared::dispatch::Dispatcher;
+use geonex_shared::domain::InstanceTypePolicy;
+use geonex_shared::queue::Queue;
+use geonex_shared::queue::rabbitmq::{RabbitQueue, Topology};
+use geonex_shared::store::Store;
+use geonex_shared::store::postgres::PgStore;
+use geonex_worker::cloud::Cloud;
+use geonex_worker::cloud::ec2::Ec2Cloud;
+use geonex_worker::consumer::Worker;
+use geonex_worker::relay::Relay;
+use geonex_worker::runner::RunnerHandler;
+use geonex_worker::user_data::UserDataTemplate;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Which parts of the system this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// API, workers and relay in one process.
+    Serve,
+    Api,
+    /// Workers and relay.
+    Worker,
+}
+
+impl Role {
+    fn api(self) -> bool {
+        matches!(self, Role::Serve | Role::Api)
+    }
+
+    fn worker(self) -> bool {
+        matches!(self, Role::Serve | Role::Worker)
+    }
+}
+
+/// The adapters behind each port, built from settings.
+pub struct Ports {
+    pub store: Arc<dyn Store>,
+    pub queue: Arc<dyn Queue>,
+}
+
+impl Ports {
+    pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
+        let Some(db_url) = settings.database_url() else {
+            bail!("GEONEX_DATABASE_URL is not set: give a postgres:// URL");
+        };
+        let store = PgStore::connect(
+            db_url,
+            settings.database.max_connections,
+            Duration::from_millis(settings.database.acquire_timeout_ms),
+        )
+        .await
+        .context("connecting to the database")?;
+        store.migrate().await.context("migrating the database")?;
+        let Some(amqp_url) = settings.amqp_url() else {
+            bail!("GEONEX_AMQP_URL is not set: give an amqp:// URL");
+        };
+        let topology =
+            Topology { prefix: settings.queue.prefix.clone(), queue_expires_ms: settings.queue.queue_expires_ms };
+        let queue = RabbitQueue::new(amqp_url, topology, Duration::from_millis(settings.queue.publish_timeout_ms));
+        Ok(Self { store: Arc::new(store), queue: Arc::new(queue) })
+    }
+}
+
+pub async fn build_cloud(settings: &Settings) -> anyhow::Result<Arc<dyn Cloud>> {
+    match settings.cloud.as_deref() {
+        None | Some("aws") => Ok(Arc::new(Ec2Cloud::new(settings.ec2.clone()).await)),
+        Some(other) => bail!("GEONEX_CLOUD={other} is not supported (use aws)"),
+    }
+}
+
+pub struct Application {
+    listener: Option<TcpListener>,
+    port: u16,
+    router: Option<axum::Router>,
+    worker: Option<(Worker, Relay)>,
+    shutdown: CancellationToken,
+    summary: String,
+}
+
+impl Application {
+    pub async fn build(settings: Settings, role: Role) -> anyhow::Result<Self> {
+        let shutdown = CancellationToken::new();
+        let ports = Ports::connect(&settings).await?;
+        let dispatcher = Dispatcher::start(ports.store.clone(), ports.queue.clone(), shutdown.clone());
+        let cloud = build_cloud(&settings).await?;
+        let summary = format!(
+            "store: postgres; queue: {}; cloud: {}",
+            ports.queue.describe(),
+            cloud.describe_self()
+        );
+
+        let worker = if role.worker() {
+            let template = UserDataTemplate::load(settings.ec2.user_data_template.as_deref())?;
+            let handler = RunnerHandler::new(
+                cloud.clone(),
+                ports.store.clone(),
+                template,
+                Duration::from_secs(settings.worker.instance_wait_secs),
+                Duration::from_millis(settings.worker.instance_poll_ms),
+            );
+            let worker = Worker::new(
+                ports.store.clone(),
+                dispatcher.clone(),
+                handler,
+                settings.worker.clone(),
+                settings.queue.prefetch,
+            );
+            let relay = Relay::new(ports.store.clone(), dispatcher.clone(), settings.relay.clone());
+            Some((worker, relay))
+        } else {
+            None
+        };
+
+        let (listener, port, router) = if role.api() {
+            let listener =
+                TcpListener::bind(&settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
+            let port = listener.local_addr()?.port();
+            let state = AppState {
+                store: ports.store.clone(),
+                dispatcher: dispatcher.clone(),
+                instance_types: InstanceTypePolicy::new(settings.ec2.allowed_instance_types.clone()),
+                settings: settings.api.clone(),
+                max_attempts: settings.worker.max_attempts,
+                cloud_label: cloud.describe_self(),
+            };
+            (Some(listener), port, Some(geonex_api::router(state)))
+        } else {
+            (None, 0, None)
+        };
+        Ok(Self { listener, port, router, worker, shutdown, summary })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Cancel this token to stop the application gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub fn summary(&self) -> &str {
+        &self.summary
+    }
+
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some((worker, relay)) = self.worker {
+            tasks.spawn(worker.run(self.shutdown.clone()));
+            tasks.spawn(relay.run(self.shutdown.clone()));
+        }
+        if let (Some(listener), Some(router)) = (self.listener, self.router) {
+            let shutdown = self.shutdown.clone();
+            tasks.spawn(async move {
+                let serve = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+}

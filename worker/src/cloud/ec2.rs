@@ -1,0 +1,278 @@
+//! EC2 adapter of the cloud port (aws-sdk-ec2).
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_ec2::Client;
+use aws_sdk_ec2::config::http::HttpResponse;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types::{
+    Filter, IamInstanceProfileSpecification, Instance, InstanceStateName, ResourceType, SecureBlobAttributeValue,
+    Tag, TagSpecification,
+};
+use base64::Engine;
+use geonex_shared::config::Ec2Settings;
+use geonex_shared::domain::ObservedState;
+
+use super::{Cloud, CloudError, InstanceInfo, LaunchSpec, TAG_COMMAND_ID, TAG_RUNNER_ID, TAG_RUNNER_NAME};
+use crate::retry::ErrorClass;
+
+pub struct Ec2Cloud {
+    client: Client,
+    settings: Ec2Settings,
+    endpoint: Option<String>,
+}
+
+impl Ec2Cloud {
+    /// Builds the client from the standard AWS configuration chain, with the
+    /// endpoint and region overridable from the settings.
+    pub async fn new(settings: Ec2Settings) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = &settings.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(url) = &settings.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let config = loader.load().await;
+        let endpoint = settings.endpoint_url.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+        Self { client: Client::new(&config), settings, endpoint }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// Which EC2 error codes are worth retrying. Codes not listed are permanent,
+/// except that any 5xx is retryable.
+pub fn classify(code: Option<&str>, http_status: Option<u16>) -> ErrorClass {
+    const RETRYABLE: &[&str] = &[
+        "RequestLimitExceeded",
+        "Throttling",
+        "ThrottlingException",
+        "InsufficientInstanceCapacity",
+        "InsufficientHostCapacity",
+        "InsufficientReservedInstanceCapacity",
+        "InsufficientCapacity",
+        "InternalError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "Unavailable",
+        "IncorrectInstanceState",
+        "IncorrectState",
+        "PendingVerification",
+        "IdempotentParameterMismatch",
+    ];
+    if http_status.is_some_and(|s| s >= 500) {
+        return ErrorClass::Retryable;
+    }
+    match code {
+        Some(c) if RETRYABLE.contains(&c) => ErrorClass::Retryable,
+        _ => ErrorClass::Permanent,
+    }
+}
+
+fn cloud_error<E>(op: &str, err: SdkError<E, HttpResponse>) -> CloudError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::ServiceError(se) => {
+            let code = se.err().code();
+            let message = se.err().message().unwrap_or("");
+            let status = Some(se.raw().status().as_u16());
+            let class = classify(code, status);
+            CloudError {
+                class,
+                not_found: code.is_some_and(|c| c == "InvalidInstanceID.NotFound"),
+                message: format!("{op}: {}: {message}", code.unwrap_or("error")),
+            }
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => CloudError {
+            class: ErrorClass::Retryable,
+            not_found: false,
+            message: format!("{op}: {}", aws_sdk_ec2::error::DisplayErrorContext(&err)),
+        },
+        _ => CloudError {
+            class: ErrorClass::Permanent,
+            not_found: false,
+            message: format!("{op}: {}", aws_sdk_ec2::error::DisplayErrorContext(&err)),
+        },
+    }
+}
+
+fn state_of(name: Option<&InstanceStateName>) -> ObservedState {
+    match name {
+        Some(InstanceStateName::Pending) => ObservedState::Pending,
+        Some(InstanceStateName::Running) => ObservedState::Running,
+        Some(InstanceStateName::Stopping) => ObservedState::Stopping,
+        Some(InstanceStateName::Stopped) => ObservedState::Stopped,
+        Some(InstanceStateName::ShuttingDown) => ObservedState::ShuttingDown,
+        Some(InstanceStateName::Terminated) => ObservedState::Terminated,
+        _ => ObservedState::Pending,
+    }
+}
+
+fn info(i: &Instance) -> Option<InstanceInfo> {
+    Some(InstanceInfo {
+        instance_id: i.instance_id()?.to_owned(),
+        state: state_of(i.state().and_then(|s| s.name())),
+        tags: i
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
+            .collect::<HashMap<_, _>>(),
+    })
+}
+
+fn tag(k: &str, v: &str) -> Tag {
+    Tag::builder().key(k).value(v).build()
+}
+
+#[async_trait]
+impl Cloud for Ec2Cloud {
+    async fn find_runner_instances(&self, runner_id: &str) -> Result<Vec<InstanceInfo>, CloudError> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .describe_instances()
+            .filters(Filter::builder().name(format!("tag:{TAG_RUNNER_ID}")).values(runner_id).build())
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .values("pending")
+                    .values("running")
+                    .values("stopping")
+                    .values("stopped")
+                    .build(),
+            )
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| cloud_error("DescribeInstances", e))?;
+            for r in page.reservations() {
+                out.extend(r.instances().iter().filter_map(info));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn describe(&self, instance_id: &str) -> Result<Option<InstanceInfo>, CloudError> {
+        match self.client.describe_instances().instance_ids(instance_id).send().await {
+            Ok(out) => Ok(out.reservations().iter().flat_map(|r| r.instances()).find_map(info)),
+            Err(e) => {
+                let e = cloud_error("DescribeInstances", e);
+                if e.not_found { Ok(None) } else { Err(e) }
+            }
+        }
+    }
+
+    async fn launch(&self, spec: &LaunchSpec) -> Result<InstanceInfo, CloudError> {
+        let s = &self.settings;
+        let tags = TagSpecification::builder()
+            .resource_type(ResourceType::Instance)
+            .tags(tag(TAG_RUNNER_ID, &spec.runner_id))
+            .tags(tag(TAG_RUNNER_NAME, &spec.runner_name))
+            .tags(tag(TAG_COMMAND_ID, &spec.command_id))
+            .tags(tag("Name", &format!("geonex-runner {}", spec.runner_name)))
+            .build();
+        let mut req = self
+            .client
+            .run_instances()
+            .image_id(&s.ami_id)
+            .instance_type(spec.instance_type.as_str().into())
+            .min_count(1)
+            .max_count(1)
+            .client_token(&spec.client_token)
+            .user_data(base64::engine::general_purpose::STANDARD.encode(&spec.user_data))
+            .tag_specifications(tags);
+        if let Some(subnet) = &s.subnet_id {
+            req = req.subnet_id(subnet);
+        }
+        for sg in &s.security_group_ids {
+            req = req.security_group_ids(sg);
+        }
+        if let Some(key) = &s.key_name {
+            req = req.key_name(key);
+        }
+        if let Some(profile) = &s.iam_instance_profile {
+            let spec = if profile.starts_with("arn:") {
+                IamInstanceProfileSpecification::builder().arn(profile).build()
+            } else {
+                IamInstanceProfileSpecification::builder().name(profile).build()
+            };
+            req = req.iam_instance_profile(spec);
+        }
+        let out = req.send().await.map_err(|e| cloud_error("RunInstances", e))?;
+        out.instances().iter().find_map(info).ok_or_else(|| CloudError {
+            class: ErrorClass::Retryable,
+            not_found: false,
+            message: "RunInstances returned no instance".into(),
+        })
+    }
+
+    async fn start(&self, instance_id: &str) -> Result<(), CloudError> {
+        self.client
+            .start_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| cloud_error("StartInstances", e))
+    }
+
+    async fn stop(&self, instance_id: &str) -> Result<(), CloudError> {
+        self.client
+            .stop_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| cloud_error("StopInstances", e))
+    }
+
+    async fn terminate(&self, instance_id: &str) -> Result<(), CloudError> {
+        self.client
+            .terminate_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| cloud_error("TerminateInstances", e))
+    }
+
+    async fn set_user_data(&self, instance_id: &str, user_data: &str) -> Result<(), CloudError> {
+        // The SDK base64-encodes blob attributes itself: pass the script as is.
+        self.client
+            .modify_instance_attribute()
+            .instance_id(instance_id)
+            .user_data(SecureBlobAttributeValue::builder().value(aws_sdk_ec2::primitives::Blob::new(user_data)).build())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| cloud_error("ModifyInstanceAttribute", e))
+    }
+
+    fn describe_self(&self) -> String {
+        match &self.endpoint {
+            Some(url) => format!("aws ec2 (endpoint {url})"),
+            None => "aws ec2".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttling_capacity_and_server_errors_are_retryable_others_permanent() {
+        assert_eq!(classify(Some("RequestLimitExceeded"), None), ErrorClass::Retryable);
+        assert_eq!(classify(Some("InsufficientInstanceCapacity"), None), ErrorClass::Retryable);
+        assert_eq!(classify(Some("Whatever"), Some(503)), ErrorClass::Retryable);
+        assert_eq!(classify(Some("InvalidParameterValue"), Some(400)), ErrorClass::Permanent);
+        assert_eq!(classify(Some("UnauthorizedOperation"), Some(403)), ErrorClass::Permanent);
+        assert_eq!(classify(Some("InvalidAMIID.NotFound"), None), ErrorClass::Permanent);
+    }
+}

@@ -1,0 +1,69 @@
+//! The cloud port: the few EC2 operations a runner needs. `ec2.rs` is the AWS SDK
+//! adapter (its endpoint can point at an emulator).
+//!
+//! Instances carry the tags `geonex:runner-id`, `geonex:runner-name`,
+//! `geonex:command-id` and `Name`, so the worker can find what an earlier attempt
+//! launched before launching again.
+
+pub mod ec2;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use geonex_shared::domain::ObservedState;
+
+use crate::retry::{ErrorClass, HandlerError};
+
+pub const TAG_RUNNER_ID: &str = "geonex:runner-id";
+pub const TAG_RUNNER_NAME: &str = "geonex:runner-name";
+pub const TAG_COMMAND_ID: &str = "geonex:command-id";
+
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub runner_id: String,
+    pub runner_name: String,
+    pub command_id: String,
+    pub instance_type: String,
+    /// The script itself (adapters encode it as their API requires).
+    pub user_data: String,
+    /// Makes the launch idempotent where the cloud honours it.
+    pub client_token: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct InstanceInfo {
+    pub instance_id: String,
+    pub state: ObservedState,
+    pub tags: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct CloudError {
+    pub class: ErrorClass,
+    /// The instance does not exist (any more).
+    pub not_found: bool,
+    pub message: String,
+}
+
+impl From<CloudError> for HandlerError {
+    fn from(e: CloudError) -> Self {
+        HandlerError { class: e.class, message: e.message }
+    }
+}
+
+#[async_trait]
+pub trait Cloud: Send + Sync + 'static {
+    /// Instances tagged with this runner id that are not terminated.
+    async fn find_runner_instances(&self, runner_id: &str) -> Result<Vec<InstanceInfo>, CloudError>;
+    /// One instance, or `None` if the cloud does not know it.
+    async fn describe(&self, instance_id: &str) -> Result<Option<InstanceInfo>, CloudError>;
+    async fn launch(&self, spec: &LaunchSpec) -> Result<InstanceInfo, CloudError>;
+    async fn start(&self, instance_id: &str) -> Result<(), CloudError>;
+    async fn stop(&self, instance_id: &str) -> Result<(), CloudError>;
+    async fn terminate(&self, instance_id: &str) -> Result<(), CloudError>;
+    /// Replaces the user data of a stopped instance.
+    async fn set_user_data(&self, instance_id: &str, user_data: &str) -> Result<(), CloudError>;
+    /// What the adapter is, for logs and `/readyz`.
+    fn describe_self(&self) -> String;
+}

@@ -1,0 +1,300 @@
+//! The worker: competing consumers on the work queues.
+//!
+//! For each delivery: claim the command in the store (which also enforces one
+//! command at a time, in order, per runner), run its handler while renewing the
+//! lease, record the outcome in the store, and only then acknowledge. A crash at
+//! any point leaves either an unacknowledged message (redelivered) or an expired
+//! lease (rescued by the relay): nothing is lost, and the store decides whether
+//! a delivery is a duplicate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use geonex_shared::config::WorkerSettings;
+use geonex_shared::dispatch::Dispatcher;
+use geonex_shared::domain::{Action, ObservedState, WorkQueue};
+use geonex_shared::message::CommandMessage;
+use geonex_shared::queue::{Delivery, Queue};
+use geonex_shared::store::{Claim, CommandRecord, RunnerRecord, Store, StoreError};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::retry::{Backoff, ErrorClass, HandlerError};
+use crate::runner::RunnerHandler;
+
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    dispatcher: Dispatcher,
+    runner: RunnerHandler,
+    settings: WorkerSettings,
+    prefetch: u16,
+    backoff: Backoff,
+}
+
+impl Worker {
+    pub fn new(
+        store: Arc<dyn Store>,
+        dispatcher: Dispatcher,
+        runner: RunnerHandler,
+        settings: WorkerSettings,
+        prefetch: u16,
+    ) -> Self {
+        let backoff = Backoff {
+            base: Duration::from_millis(settings.retry_base_ms),
+            cap: Duration::from_millis(settings.retry_cap_ms),
+        };
+        Self { inner: Arc::new(Inner { store, dispatcher, runner, settings, prefetch, backoff }) }
+    }
+
+    /// The queues this worker has handlers for.
+    pub fn queues(&self) -> Vec<WorkQueue> {
+        vec![WorkQueue::Runner]
+    }
+
+    /// Consumes until `shutdown` is cancelled, then lets in-flight commands finish
+    /// within the grace period. Unfinished ones stay unacknowledged and are
+    /// redelivered to another worker.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        let limit = Arc::new(Semaphore::new(self.inner.settings.concurrency.max(1)));
+        let loops: Vec<_> = self
+            .queues()
+            .into_iter()
+            .map(|q| {
+                let inner = self.inner.clone();
+                let (tracker, limit, shutdown) = (tracker.clone(), limit.clone(), shutdown.clone());
+                tokio::spawn(async move { inner.consume(q, tracker, limit, shutdown).await })
+            })
+            .collect();
+        futures::future::join_all(loops).await;
+    }
+}
+
+impl Inner {
+    async fn consume(
+        self: Arc<Self>,
+        queue: WorkQueue,
+        tracker: TaskTracker,
+        limit: Arc<Semaphore>,
+        shutdown: CancellationToken,
+    ) {
+        let broker: &Arc<dyn Queue> = self.dispatcher.queue();
+        let mut reconnect_delay = Duration::from_millis(200);
+        while !shutdown.is_cancelled() {
+            let mut sub = match broker.subscribe(queue, self.prefetch).await {
+                Ok(s) => {
+                    tracing::info!(queue = queue.routing_key(), "consuming");
+                    reconnect_delay = Duration::from_millis(200);
+                    s
+                }
+                Err(e) => {
+                    tracing::warn!(queue = queue.routing_key(), error = %e, "cannot consume; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(reconnect_delay) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    reconnect_delay = (reconnect_delay * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            };
+            loop {
+                let permit = tokio::select! {
+                    p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                    _ = shutdown.cancelled() => break,
+                };
+                let next = tokio::select! {
+                    d = sub.deliveries.next() => d,
+                    _ = shutdown.cancelled() => break,
+                };
+                match next {
+                    Some(Ok(delivery)) => {
+                        let this = self.clone();
+                        tracker.spawn(async move {
+                            this.handle(delivery).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(queue = queue.routing_key(), error = %e, "consumer failed; reconnecting");
+                        break;
+                    }
+                    None => {
+                        tracing::warn!(queue = queue.routing_key(), "consumer closed; reconnecting");
+                        break;
+                    }
+                }
+            }
+            if shutdown.is_cancelled() {
+                tracker.close();
+                let grace = Duration::from_secs(self.settings.shutdown_grace_secs);
+                if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+                    tracing::warn!("in-flight commands did not finish within the grace period; they will be redelivered");
+                }
+            }
+            sub.closer.close().await;
+        }
+    }
+
+    async fn handle(&self, delivery: Delivery) {
+        let message = match delivery.message {
+            Ok(m) => m,
+            Err(e) => {
+                // Not a message this system wrote: nothing in the store points at it.
+                tracing::error!(error = %e, "dropping undecodable message");
+                let _ = delivery.acker.ack().await;
+                return;
+            }
+        };
+        let span = tracing::info_span!("command", command_id = %message.command_id, action = %message.action,
+            runner_id = message.runner_id.as_deref().unwrap_or(""), trace_id = %message.trace_id);
+        async {
+            let settled = self.process(&message).await;
+            let result = match settled {
+                Settle::Ack => delivery.acker.ack().await,
+                Settle::Requeue => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    delivery.acker.requeue().await
+                }
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "could not settle the delivery; it will be redelivered");
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn process(&self, message: &CommandMessage) -> Settle {
+        let claim = match self.store.claim(message.command_id, self.settings.lease()).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim the command; requeueing");
+                return Settle::Requeue;
+            }
+        };
+        match claim {
+            Claim::Claimed { command, runner } => self.execute(command, runner).await,
+            Claim::Finished(status) => {
+                tracing::info!(status = status.as_str(), "duplicate delivery of a finished command");
+                Settle::Ack
+            }
+            Claim::Busy => {
+                tracing::info!("command is running elsewhere; duplicate delivery dropped");
+                Settle::Ack
+            }
+            Claim::NotFound => {
+                tracing::warn!("message for an unknown command dropped");
+                Settle::Ack
+            }
+            Claim::Blocked => {
+                let delay = Duration::from_millis(self.settings.blocked_delay_ms);
+                match self.dispatcher.publish(message, Some(delay)).await {
+                    Ok(()) => Settle::Ack,
+                    Err(_) => Settle::Requeue,
+                }
+            }
+        }
+    }
+
+    async fn execute(&self, command: CommandRecord, runner: Option<RunnerRecord>) -> Settle {
+        tracing::info!(attempt = command.attempts, "command started");
+        let lease = self.settings.lease();
+        let renew = CancellationToken::new();
+        let renewer = {
+            let (store, renew, id) = (self.store.clone(), renew.clone(), command.command_id);
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(lease / 3) => {
+                            if let Err(e) = store.renew_lease(id, lease).await {
+                                tracing::warn!(error = %e, "could not renew the lease");
+                            }
+                        }
+                        _ = renew.cancelled() => return,
+                    }
+                }
+            })
+        };
+        let outcome = match (&runner, command.action) {
+            (Some(r), Action::StartRunner | Action::RestartRunner | Action::StopRunner | Action::DeleteRunner) => {
+                self.runner.handle(&command, r).await
+            }
+            (None, _) => Err(HandlerError::permanent("the command's runner does not exist")),
+            (_, other) => Err(HandlerError::permanent(format!("no handler for {other}"))),
+        };
+        renew.cancel();
+        let _ = renewer.await;
+
+        match outcome {
+            Ok(done) => {
+                let runner_id = command.runner_id.as_deref().unwrap_or_default();
+                let record = || self.store.succeed_runner_command(command.command_id, runner_id, &done.observation, done.result.clone());
+                match persist(record).await {
+                    Ok(()) => {
+                        tracing::info!(observed = done.observation.observed.as_str(), "command succeeded");
+                        Settle::Ack
+                    }
+                    Err(_) => Settle::Requeue,
+                }
+            }
+            Err(e) if e.class == ErrorClass::Retryable && command.attempts < command.max_attempts => {
+                let delay = self.backoff.delay(command.attempts);
+                let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                tracing::warn!(error = %e.message, retry_in_ms = delay.as_millis() as u64, "command failed; will retry");
+                if persist(|| self.store.retry_command(command.command_id, &e.message, next)).await.is_err() {
+                    return Settle::Requeue;
+                }
+                let mut message = command.message();
+                message.attempt = command.attempts;
+                if let Err(pe) = self.dispatcher.publish(&message, Some(delay)).await {
+                    // The row says retrying and unpublished: the relay publishes it.
+                    tracing::warn!(error = %pe, "could not schedule the retry; the relay will");
+                }
+                Settle::Ack
+            }
+            Err(e) => {
+                let why = if e.class == ErrorClass::Permanent { "permanent error" } else { "attempts exhausted" };
+                tracing::error!(error = %e.message, attempts = command.attempts, "command dead: {why}");
+                let runner_state = match (&runner, command.action) {
+                    (Some(r), Action::StartRunner) if r.instance_id.is_none() => Some(ObservedState::Failed),
+                    _ => None,
+                };
+                if persist(|| self.store.kill_command(command.command_id, &e.message, runner_state)).await.is_err() {
+                    return Settle::Requeue;
+                }
+                if let Err(pe) = self.dispatcher.queue().publish_dead(&command.message(), &e.message).await {
+                    tracing::warn!(error = %pe, "could not park the message on the dead queue");
+                }
+                Settle::Ack
+            }
+        }
+    }
+}
+
+enum Settle {
+    Ack,
+    Requeue,
+}
+
+/// Writes an outcome, retrying briefly through a database hiccup. If the store
+/// stays down the delivery is requeued; the command's lease then expires and
+/// the relay's rescuer returns it to the queue.
+async fn persist<F, Fut>(write: F) -> Result<(), StoreError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    use backon::{ExponentialBuilder, Retryable};
+    write
+        .retry(ExponentialBuilder::default().with_min_delay(Duration::from_millis(100)).with_max_times(6).with_jitter())
+        .notify(|e, d| tracing::warn!(error = %e, retry_in = ?d, "store write failed; retrying"))
+        .await
+}

@@ -1,0 +1,88 @@
+//! The relay: the outbox's safety net, and the rescuer of commands whose worker died.
+//!
+//! Each tick it (1) returns commands whose lease expired to `retrying` (or `dead`
+//! when their attempts are spent) and (2) publishes every command that should
+//! have a message in flight but has no confirmed publish: accepted while the
+//! broker was down, scheduled for retry when the publish failed, rescued, or
+//! replayed. Several relays may run (one per worker process); a command they
+//! both publish is claimed once, the second message is dropped as a duplicate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use geonex_shared::config::RelaySettings;
+use geonex_shared::dispatch::Dispatcher;
+use geonex_shared::domain::CommandStatus;
+use geonex_shared::store::Store;
+use tokio_util::sync::CancellationToken;
+
+pub struct Relay {
+    store: Arc<dyn Store>,
+    dispatcher: Dispatcher,
+    settings: RelaySettings,
+}
+
+/// What one pass did, for logs and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    pub rescued: u64,
+    pub published: usize,
+    pub failed: usize,
+}
+
+impl Relay {
+    pub fn new(store: Arc<dyn Store>, dispatcher: Dispatcher, settings: RelaySettings) -> Self {
+        Self { store, dispatcher, settings }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let interval = Duration::from_millis(self.settings.interval_ms);
+        loop {
+            match self.pass().await {
+                Ok(p) if p.rescued > 0 || p.published > 0 || p.failed > 0 => {
+                    tracing::info!(rescued = p.rescued, published = p.published, failed = p.failed, "relay pass");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "relay pass failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// One rescue-and-publish pass over the store.
+    pub async fn pass(&self) -> Result<Pass, geonex_shared::store::StoreError> {
+        let mut pass = Pass { rescued: self.store.rescue_expired_leases().await?, ..Pass::default() };
+        loop {
+            let due = self
+                .store
+                .due_for_publish(
+                    Duration::from_millis(self.settings.grace_ms),
+                    Duration::from_millis(self.settings.overdue_ms),
+                    self.settings.batch,
+                )
+                .await?;
+            let full = due.len() as i64 == self.settings.batch;
+            for cmd in &due {
+                let delay = match (cmd.status, cmd.next_attempt_at) {
+                    (CommandStatus::Retrying, Some(at)) => (at - Utc::now()).to_std().ok(),
+                    _ => None,
+                };
+                match self.dispatcher.publish(&cmd.message(), delay).await {
+                    Ok(()) => pass.published += 1,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "relay publish failed; broker still unavailable");
+                        pass.failed += 1;
+                        return Ok(pass);
+                    }
+                }
+            }
+            if !full {
+                return Ok(pass);
+            }
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Runner command handlers: start, restart, stop and delete a runner's instance.
+//!
+//! Every handler looks at the cloud before acting and converges on the command's
+//! end state, so a redelivered or rescued command never launches a second
+//! instance: an instance an earlier attempt launched is found by its
+//! `geonex:runner-id` tag and adopted, and launches carry a client token derived
+//! from the command (which EC2 itself also deduplicates on).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use geonex_shared::domain::{Action, ObservedState};
+use geonex_shared::store::{CommandRecord, RunnerObservation, RunnerRecord, Store};
+use serde_json::json;
+
+use crate::cloud::{Cloud, InstanceInfo, LaunchSpec, TAG_COMMAND_ID};
+use crate::failpoint;
+use crate::retry::HandlerError;
+use crate::user_data::{UserDataContext, UserDataTemplate};
+
+pub struct Outcome {
+    pub observation: RunnerObservation,
+    pub result: serde_json::Value,
+}
+
+pub struct RunnerHandler {
+    cloud: Arc<dyn Cloud>,
+    store: Arc<dyn Store>,
+    template: UserDataTemplate,
+    wait: Duration,
+    poll: Duration,
+}
+
+/// The runner parameters a command applies, from its stored params with the
+/// runner row as fallback.
+struct Target<'a> {
+    runner_name: &'a str,
+    image_name: &'a str,
+    s3_output: &'a str,
+    instance_type: &'a str,
+}
+
+impl<'a> Target<'a> {
+    fn of(cmd: &'a CommandRecord, runner: &'a RunnerRecord) -> Self {
+        let p = |k: &str| cmd.params.get(k).and_then(|v| v.as_str());
+        Self {
+            runner_name: p("runner_name").unwrap_or(&runner.runner_name),
+            image_name: p("image_name").unwrap_or(&runner.image_name),
+            s3_output: p("s3_output").unwrap_or(&runner.s3_output),
+            instance_type: p("instance_type").unwrap_or(&runner.instance_type),
+        }
+    }
+}
+
+impl RunnerHandler {
+    pub fn new(
+        cloud: Arc<dyn Cloud>,
+        store: Arc<dyn Store>,
+        template: UserDataTemplate,
+        wait: Duration,
+        poll: Duration,
+    ) -> Self {
+        Self { cloud, store, template, wait, poll }
+    }
+
+    pub fn cloud(&self) -> &Arc<dyn Cloud> {
+        &self.cloud
+    }
+
+    pub async fn handle(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Result<Outcome, HandlerError> {
+        match cmd.action {
+            Action::StartRunner => self.start(cmd, runner).await,
+            Action::RestartRunner => self.restart(cmd, runner).await,
+            Action::StopRunner => self.stop(runner).await,
+            Action::DeleteRunner => self.delete(runner).await,
+            other => Err(HandlerError::permanent(format!("{other} is not a runner action"))),
+        }
+    }
+
+    fn user_data(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Result<String, HandlerError> {
+        let t = Target::of(cmd, runner);
+        self.template
+            .render(&UserDataContext {
+                runner_id: &runner.runner_id,
+                runner_name: t.runner_name,
+                image_name: t.image_name,
+                s3_output: t.s3_output,
+                command_id: &cmd.command_id.to_string(),
+            })
+            .map_err(|e| HandlerError::permanent(e.to_string()))
+    }
+
+    /// The runner's live instances: the recorded one first, then any other carrying
+    /// the runner's tag (launched by an attempt whose result was never recorded).
+    /// Extra instances beyond the first are terminated: a runner has one instance.
+    async fn live_instance(&self, runner: &RunnerRecord) -> Result<Option<InstanceInfo>, HandlerError> {
+        let mut found = self.cloud.find_runner_instances(&runner.runner_id).await?;
+        if let Some(recorded) = &runner.instance_id
+            && !found.iter().any(|i| &i.instance_id == recorded)
+            && let Some(i) = self.cloud.describe(recorded).await?
+            && !i.state.is_gone()
+        {
+            found.push(i);
+        }
+        found.sort_by_key(|i| Some(&i.instance_id) != runner.instance_id.as_ref());
+        let mut found = found.into_iter();
+        let primary = found.next();
+        for extra in found {
+            tracing::warn!(instance_id = %extra.instance_id, runner_id = %runner.runner_id,
+                command_id = ?extra.tags.get(TAG_COMMAND_ID), "terminating a second instance of one runner");
+            self.cloud.terminate(&extra.instance_id).await?;
+        }
+        Ok(primary)
+    }
+
+    async fn launch(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Result<InstanceInfo, HandlerError> {
+        let t = Target::of(cmd, runner);
+        let spec = LaunchSpec {
+            runner_id: runner.runner_id.clone(),
+            runner_name: t.runner_name.to_owned(),
+            command_id: cmd.command_id.to_string(),
+            instance_type: t.instance_type.to_owned(),
+            user_data: self.user_data(cmd, runner)?,
+            client_token: format!("geonex-{}", cmd.command_id),
+        };
+        let launched = self.cloud.launch(&spec).await?;
+        failpoint::hit("after-run-instances");
+        self.store
+            .record_instance(
+                &runner.runner_id,
+                &RunnerObservation { instance_id: Some(launched.instance_id.clone()), observed: launched.state },
+            )
+            .await
+            .map_err(|e| HandlerError::retryable(e.to_string()))?;
+        tracing::info!(instance_id = %launched.instance_id, "instance launched");
+        Ok(launched)
+    }
+
+    async fn observe(&self, instance_id: &str, result: serde_json::Value) -> Result<Outcome, HandlerError> {
+        let state = match self.cloud.describe(instance_id).await? {
+            Some(i) => i.state,
+            None => ObservedState::Terminated,
+        };
+        Ok(Outcome { observation: RunnerObservation { instance_id: Some(instance_id.to_owned()), observed: state }, result })
+    }
+
+    async fn wait_until(&self, instance_id: &str, target: ObservedState) -> Result<(), HandlerError> {
+        let deadline = Instant::now() + self.wait;
+        loop {
+            match self.cloud.describe(instance_id).await? {
+                Some(i) if i.state == target => return Ok(()),
+                Some(i) if i.state.is_gone() => {
+                    return Err(HandlerError::retryable(format!("instance {instance_id} is {}", i.state.as_str())));
+                }
+                None => return Err(HandlerError::retryable(format!("instance {instance_id} vanished"))),
+                Some(_) if Instant::now() >= deadline => {
+                    return Err(HandlerError::retryable(format!(
+                        "instance {instance_id} did not become {} within {:?}",
+                        target.as_str(),
+                        self.wait
+                    )));
+                }
+                Some(_) => tokio::time::sleep(self.poll).await,
+            }
+        }
+    }
+
+    async fn start(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Result<Outcome, HandlerError> {
+        match self.live_instance(runner).await? {
+            Some(i) => {
+                if matches!(i.state, ObservedState::Stopping | ObservedState::Stopped) {
+                    self.wait_until(&i.instance_id, ObservedState::Stopped).await?;
+                    self.cloud.start(&i.instance_id).await?;
+                }
+                self.observe(&i.instance_id, json!({ "instance_id": i.instance_id, "adopted": true })).await
+            }
+            None => {
+                let i = self.launch(cmd, runner).await?;
+                self.observe(&i.instance_id, json!({ "instance_id": i.instance_id, "adopted": false })).await
+            }
+        }
+    }
+
+    async fn restart(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Result<Outcome, HandlerError> {
+        let Some(i) = self.live_instance(runner).await? else {
+            // Terminated (or never launched): a fresh instance with the new parameters.
+            let i = self.launch(cmd, runner).await?;
+            return self
+                .observe(&i.instance_id, json!({ "instance_id": i.instance_id, "replaced": runner.instance_id }))
+                .await;
+        };
+        let user_data = self.user_data(cmd, runner)?;
+        if matches!(i.state, ObservedState::Pending | ObservedState::Running) {
+            if i.state == ObservedState::Pending {
+                self.wait_until(&i.instance_id, ObservedState::Running).await?;
+            }
+            self.cloud.stop(&i.instance_id).await?;
+        }
+        self.wait_until(&i.instance_id, ObservedState::Stopped).await?;
+        self.cloud.set_user_data(&i.instance_id, &user_data).await?;
+        self.cloud.start(&i.instance_id).await?;
+        self.observe(&i.instance_id, json!({ "instance_id": i.instance_id })).await
+    }
+
+    async fn stop(&self, runner: &RunnerRecord) -> Result<Outcome, HandlerError> {
+        let Some(i) = self.live_instance(runner).await? else {
+            return Ok(Outcome {
+                observation: RunnerObservation { instance_id: None, observed: no_instance_state(runner) },
+                result: json!({ "instance_id": null, "note": "runner has no live instance" }),
+            });
+        };
+        if !matches!(i.state, ObservedState::Stopping | ObservedState::Stopped) {
+            if i.state == ObservedState::Pending {
+                self.wait_until(&i.instance_id, ObservedState::Running).await?;
+            }
+            self.cloud.stop(&i.instance_id).await?;
+        }
+        self.observe(&i.instance_id, json!({ "instance_id": i.instance_id })).await
+    }
+
+    async fn delete(&self, runner: &RunnerRecord) -> Result<Outcome, HandlerError> {
+        let Some(i) = self.live_instance(runner).await? else {
+            return Ok(Outcome {
+                observation: RunnerObservation { instance_id: None, observed: ObservedState::Terminated },
+                result: json!({ "instance_id": runner.instance_id, "note": "no live instance to terminate" }),
+            });
+        };
+        self.cloud.terminate(&i.instance_id).await?;
+        self.observe(&i.instance_id, json!({ "instance_id": i.instance_id })).await
+    }
+}
+
+fn no_instance_state(runner: &RunnerRecord) -> ObservedState {
+    match runner.observed_state {
+        ObservedState::Requested | ObservedState::Failed => runner.observed_state,
+        _ => ObservedState::Terminated,
+    }
+}

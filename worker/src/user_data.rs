@@ -1,0 +1,79 @@
+//! The instance user data: a cloud-init multipart document whose shell part runs
+//! the runner's image as a container with its S3 output on every boot. Operators
+//! may replace the built-in template with their own file (minijinja syntax).
+//!
+//! Every value is passed through the `sh` filter (POSIX single-quoting), so a
+//! runner name with spaces or quotes cannot break out of the script.
+
+use std::path::Path;
+
+use minijinja::Environment;
+use serde::Serialize;
+
+const BUILT_IN: &str = include_str!("../templates/user-data.sh.j2");
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UserDataContext<'a> {
+    pub runner_id: &'a str,
+    pub runner_name: &'a str,
+    pub image_name: &'a str,
+    pub s3_output: &'a str,
+    pub command_id: &'a str,
+}
+
+pub struct UserDataTemplate {
+    env: Environment<'static>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("user data template: {0}")]
+pub struct TemplateError(String);
+
+/// POSIX shell single-quoting.
+fn sh(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r#"'"'"'"#))
+}
+
+impl UserDataTemplate {
+    /// The built-in template, or the operator's file when one is configured.
+    pub fn load(path: Option<&Path>) -> Result<Self, TemplateError> {
+        let source = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|e| TemplateError(format!("{}: {e}", p.display())))?,
+            None => BUILT_IN.to_owned(),
+        };
+        let mut env = Environment::new();
+        env.add_filter("sh", sh);
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        env.add_template_owned("user-data", source).map_err(|e| TemplateError(e.to_string()))?;
+        Ok(Self { env })
+    }
+
+    pub fn render(&self, ctx: &UserDataContext<'_>) -> Result<String, TemplateError> {
+        let t = self.env.get_template("user-data").map_err(|e| TemplateError(e.to_string()))?;
+        t.render(ctx).map_err(|e| TemplateError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_template_runs_the_image_with_quoted_values() {
+        let t = UserDataTemplate::load(None).unwrap();
+        let out = t
+            .render(&UserDataContext {
+                runner_id: "r-1",
+                runner_name: "It's prod; rm -rf /",
+                image_name: "geonex/active_fire_go16abi15:1.5",
+                s3_output: "s3://geonex/GO16_ABI15",
+                command_id: "c-1",
+            })
+            .unwrap();
+        assert!(out.contains("IMAGE='geonex/active_fire_go16abi15:1.5'"));
+        assert!(out.contains("S3_OUTPUT='s3://geonex/GO16_ABI15'"));
+        assert!(out.contains(r#"RUNNER_NAME='It'"'"'s prod; rm -rf /'"#));
+        assert!(out.contains("docker run"));
+        assert!(out.contains("scripts-user, always"));
+    }
+}
