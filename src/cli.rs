@@ -1,7 +1,6 @@
 //! The `geonex` command line.
 
 use std::io::Write;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use geonex_shared::config::Settings;

@@ -90,10 +90,15 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings, role: Role) -> anyhow::Result<Self> {
+        let cloud = build_cloud(&settings).await?;
+        Self::build_with_cloud(settings, role, cloud).await
+    }
+
+    /// Builds with a cloud adapter made by the caller.
+    pub async fn build_with_cloud(settings: Settings, role: Role, cloud: Arc<dyn Cloud>) -> anyhow::Result<Self> {
         let shutdown = CancellationToken::new();
         let ports = Ports::connect(&settings).await?;
         let dispatcher = Dispatcher::start(ports.store.clone(), ports.queue.clone(), shutdown.clone());
-        let cloud = build_cloud(&settings).await?;
         let summary = format!(
             "store: postgres; queue: {}; cloud: {}",
             ports.queue.describe(),

@@ -181,7 +181,10 @@ string_newtype!(
 
 static IMAGE_REF_RE: LazyLock<Regex> = LazyLock::new(|| {
     let component = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*";
-    let domain = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)";
+    // A first component is a registry host only if it has a dot or a port, or is
+    // `localhost` (as Docker decides); otherwise it is part of the lowercase path.
+    let dc = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?";
+    let domain = format!(r"(?:localhost(?::[0-9]+)?|{dc}(?:\.{dc})+(?::[0-9]+)?|{dc}:[0-9]+)");
     let tag = r"[\w][\w.-]{0,127}";
     let digest = r"sha256:[a-f0-9]{64}";
     Regex::new(&format!(
@@ -526,10 +529,11 @@ mod tests {
             "registry.example.com:5000/team/app:v1",
             "localhost/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
             "a__b/c-d",
+            "Registry.Example.com/app",
         ] {
             assert!(ImageRef::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-x", "x:", "x::1", "x@sha256:zz", "x/", "/x", "x$(id)"] {
+        for bad in ["", "-x", "x:", "x::1", "x@sha256:zz", "x/", "/x", "x$(id)", "UPPER/case", "Geonex"] {
             assert!(ImageRef::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(ImageRef::parse("geonex/fire:1.5").unwrap().repository(), "geonex/fire");

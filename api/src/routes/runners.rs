@@ -102,7 +102,7 @@ async fn submit(
     let submitted = app.store.submit_runner_command(cmd).await?;
     let c = &submitted.command;
     if submitted.created {
-        tracing::info!(command_id = %c.command_id, action = %c.action, runner_id = ?c.runner_id, "command accepted");
+        tracing::info!(command_id = %c.command_id, action = %c.action, runner_id = c.runner_id.as_deref().unwrap_or(""), "command accepted");
         app.dispatcher.publish_in_background(c.message());
     }
     let body = Accepted {

@@ -35,8 +35,14 @@ impl Ec2Cloud {
             loader = loader.endpoint_url(url);
         }
         let config = loader.load().await;
-        let endpoint = settings.endpoint_url.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
-        Self { client: Client::new(&config), settings, endpoint }
+        Self::with_config(&config, settings)
+    }
+
+    /// Builds the client from an explicit SDK configuration (credentials,
+    /// region, endpoint), e.g. one a test assembled.
+    pub fn with_config(config: &aws_config::SdkConfig, settings: Ec2Settings) -> Self {
+        let endpoint = config.endpoint_url().map(str::to_owned);
+        Self { client: Client::new(config), settings, endpoint }
     }
 
     pub fn client(&self) -> &Client {
@@ -243,11 +249,13 @@ impl Cloud for Ec2Cloud {
     }
 
     async fn set_user_data(&self, instance_id: &str, user_data: &str) -> Result<(), CloudError> {
-        // The SDK base64-encodes blob attributes itself: pass the script as is.
+        // EC2 wants the attribute's value base64-encoded, and the SDK encodes the
+        // blob once more for the wire: pass the encoded script.
+        let encoded = base64::engine::general_purpose::STANDARD.encode(user_data);
         self.client
             .modify_instance_attribute()
             .instance_id(instance_id)
-            .user_data(SecureBlobAttributeValue::builder().value(aws_sdk_ec2::primitives::Blob::new(user_data)).build())
+            .user_data(SecureBlobAttributeValue::builder().value(aws_sdk_ec2::primitives::Blob::new(encoded)).build())
             .send()
             .await
             .map(|_| ())

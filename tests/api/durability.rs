@@ -1,0 +1,205 @@
+//! Nothing lost, nothing doubled: duplicate deliveries, a worker killed mid-command,
+//! a broker outage, and dead commands brought back by replay.
+
+use std::time::Duration;
+
+use geonex::startup::Role;
+use geonex_shared::queue::Queue;
+use geonex_shared::queue::rabbitmq::{RabbitQueue, Topology};
+use geonex_shared::store::Store;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use uuid::Uuid;
+
+use crate::helpers::{TestConfig, amqp_url, eventually, spawn_app_with, unique};
+use crate::proxy::Proxy;
+
+fn topology(app: &crate::helpers::TestApp) -> Topology {
+    let s = app.deployment.settings();
+    Topology { prefix: s.queue.prefix.clone(), queue_expires_ms: s.queue.queue_expires_ms }
+}
+
+/// Ready (undelivered) messages in a queue.
+async fn ready_messages(queue: &str) -> u32 {
+    let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let q = ch
+        .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .await
+        .unwrap();
+    let n = q.message_count();
+    let _ = conn.close(200, "done".into()).await;
+    n
+}
+
+#[tokio::test]
+async fn a_start_whose_message_is_delivered_three_times_makes_exactly_one_instance() {
+    let mut app = spawn_app_with(TestConfig { role: Role::Api, ..TestConfig::default() }).await;
+    let runner_id = unique("dup");
+    let r = app.start_runner(&runner_id, "geonex/fire:1.5").await;
+    let command_id: Uuid = r.body["command_id"].as_str().unwrap().parse().unwrap();
+    let command = app.store.get_command(command_id).await.unwrap().unwrap();
+
+    // Two more copies of the message, as a broker redelivery or a relay race would make.
+    let topo = topology(&app);
+    let broker = RabbitQueue::new(&amqp_url(), topo.clone(), Duration::from_secs(5));
+    broker.publish(&command.message(), None).await.unwrap();
+    broker.publish(&command.message(), None).await.unwrap();
+    let work_queue = topo.work_queue(geonex_shared::domain::WorkQueue::Runner);
+    eventually("three copies queued", Duration::from_secs(10), || async { ready_messages(&work_queue).await == 3 }).await;
+
+    let worker = app.deployment.spawn(Role::Worker).await;
+    let done = app.wait_command(&command_id.to_string(), &["succeeded", "dead"]).await;
+    assert_eq!(done["status"], "succeeded");
+    eventually("every copy consumed", Duration::from_secs(10), || async { ready_messages(&work_queue).await == 0 }).await;
+    // A graceful stop waits for in-flight deliveries, so every copy has been handled.
+    worker.stop().await;
+    assert_eq!(app.instances_of(&runner_id).await.len(), 1);
+    assert_eq!(app.command(&command_id.to_string()).await["attempts"], 1);
+    app.stop_app().await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_after_run_instances_before_recording_it_leaves_exactly_one_instance() {
+    let mut app = spawn_app_with(TestConfig { role: Role::Api, ..TestConfig::default() }).await;
+    let runner_id = unique("kill");
+    let r = app.start_runner(&runner_id, "geonex/fire:1.5").await;
+    let command_id = r.body["command_id"].as_str().unwrap().to_owned();
+
+    // A worker process that dies the moment RunInstances returns.
+    let status = app
+        .deployment
+        .command(&["worker"])
+        .env("GEONEX_FAILPOINTS", "after-run-instances")
+        .env("GEONEX_WORKER__LEASE_SECS", "2")
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(86), "the worker should have crashed at the failpoint");
+    assert_eq!(app.instances_of(&runner_id).await.len(), 1, "the crashed attempt did launch an instance");
+    let before = app.command(&command_id).await;
+    assert_eq!(before["status"], "running");
+    assert!(app.runner(&runner_id).await["instance_id"].is_null());
+
+    // A healthy worker: the message comes back, the lease expires, the command is
+    // rescued, and the instance the dead worker launched is adopted.
+    let worker = app.deployment.spawn(Role::Worker).await;
+    let done = app.wait_command(&command_id, &["succeeded", "dead"]).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["result"]["adopted"], true, "{done}");
+    let instances = app.instances_of(&runner_id).await;
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    let runner = app.runner(&runner_id).await;
+    assert_eq!(runner["instance_id"], instances[0].0.as_str());
+    assert_eq!(runner["observed_state"], "running");
+    worker.stop().await;
+    app.stop_app().await;
+}
+
+#[tokio::test]
+async fn commands_accepted_while_the_broker_is_unreachable_all_complete_once_it_returns() {
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
+    let app = spawn_app_with(TestConfig { amqp_url: url, ..TestConfig::default() }).await;
+
+    // The broker works at first.
+    let warm = unique("warm");
+    let r = app.start_runner(&warm, "geonex/fire:1.5").await;
+    app.wait_command(r.body["command_id"].as_str().unwrap(), &["succeeded"]).await;
+
+    proxy.cut().await;
+    let mut accepted = Vec::new();
+    for i in 0..5 {
+        let runner_id = unique(&format!("outage{i}"));
+        let r = app.start_runner(&runner_id, "geonex/fire:1.5").await;
+        assert_eq!(r.status, 202, "the API keeps accepting during a broker outage: {}", r.body);
+        accepted.push((runner_id, r.body["command_id"].as_str().unwrap().to_owned()));
+    }
+    // Nothing can run while the broker is away.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for (_, id) in &accepted {
+        assert_eq!(app.command(id).await["status"], "queued");
+    }
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.body["broker"]["status"], "unreachable");
+
+    proxy.restore();
+    for (runner_id, id) in &accepted {
+        let done = app.wait_command(id, &["succeeded", "dead"]).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(app.instances_of(runner_id).await.len(), 1);
+    }
+    eventually("ready again", Duration::from_secs(10), || async { app.get("/readyz").await.status == 200 }).await;
+}
+
+#[tokio::test]
+async fn a_permanently_failing_command_ends_dead_and_replay_completes_it_once_the_cause_is_fixed() {
+    let bad_subnet = TestConfig {
+        extra_env: vec![("GEONEX_EC2__SUBNET_ID".into(), "subnet-deadbeef".into())],
+        ..TestConfig::default()
+    };
+    let mut app = spawn_app_with(bad_subnet).await;
+    let (a, b) = (unique("dead-a"), unique("dead-b"));
+    let ra = app.start_runner(&a, "geonex/fire:1.5").await;
+    let rb = app.start_runner(&b, "geonex/fire:1.5").await;
+    let (ca, cb) = (ra.body["command_id"].as_str().unwrap().to_owned(), rb.body["command_id"].as_str().unwrap().to_owned());
+    for id in [&ca, &cb] {
+        let dead = app.wait_command(id, &["succeeded", "dead"]).await;
+        assert_eq!(dead["status"], "dead", "{dead}");
+        assert_eq!(dead["attempts"], 1, "a permanent error is not retried");
+        assert!(dead["last_error"].as_str().unwrap().contains("InvalidSubnetID.NotFound"), "{dead}");
+    }
+    let runner = app.runner(&a).await;
+    assert_eq!(runner["observed_state"], "failed");
+    assert!(runner["last_error"].as_str().unwrap().contains("InvalidSubnetID.NotFound"));
+    let dead_listed = app.get("/describe-commands?status=dead").await;
+    assert_eq!(dead_listed.body["commands"].as_array().unwrap().len(), 2);
+    let topo = topology(&app);
+    eventually("dead messages parked", Duration::from_secs(10), || async { ready_messages(&topo.dead_queue()).await == 2 })
+        .await;
+
+    // Replaying before the fix just fails again.
+    let r = app.send(app.http.post(format!("{}/replay-command", app.address)).form(&[("command_id", ca.as_str())])).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["replayed"][0], ca.as_str());
+    app.wait_command(&ca, &["dead"]).await;
+    let unknown = Uuid::new_v4().to_string();
+    let r = app.send(app.http.post(format!("{}/replay-command", app.address)).form(&[("command_id", unknown.as_str())])).await;
+    assert_eq!(r.status, 404);
+
+    // The operator fixes the configuration and restarts the service ...
+    app.stop_app().await;
+    app.deployment.env.retain(|(k, _)| k != "GEONEX_EC2__SUBNET_ID");
+    let fixed = app.deployment.spawn(Role::Serve).await;
+    app.address = fixed.address.clone();
+
+    // ... then replays one command from the command line and the rest over HTTP.
+    let out = app.deployment.command(&["replay", "--command-id", &ca]).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&ca));
+    let done = app.wait_command(&ca, &["succeeded", "dead"]).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let again = app.deployment.command(&["replay", "--command-id", &ca]).output().await.unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("replayed 0 command(s)"));
+
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/replay-command", fixed.address))
+        .json(&serde_json::json!({ "action": "start_runner" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["replayed"], serde_json::json!([cb]));
+    let r = http.post(format!("{}/replay-command", fixed.address)).form(&[("command_id", ca.as_str())]).send().await.unwrap();
+    assert_eq!(r.status(), 409, "only dead commands can be replayed");
+    let done = app.wait_command(&cb, &["succeeded", "dead"]).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    for r in [&a, &b] {
+        assert_eq!(app.instances_of(r).await.len(), 1);
+        assert_eq!(app.runner(r).await["observed_state"], "running");
+    }
+    fixed.stop().await;
+}

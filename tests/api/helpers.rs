@@ -1,0 +1,319 @@
+//! Test harness: each test gets its own Postgres database, its own RabbitMQ
+//! exchange and queues (a unique prefix; idle queues expire), unique runner ids
+//! in the shared moto server, and a real application bound to port 0.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::config::{Credentials, Region};
+use geonex::startup::{Application, Role};
+use geonex_shared::config::Settings;
+use geonex_shared::store::postgres::PgStore;
+use geonex_worker::cloud::ec2::Ec2Cloud;
+use serde_json::Value;
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub fn pg_admin_url() -> String {
+    std::env::var("GEONEX_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("GEONEX_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub fn moto_url() -> String {
+    std::env::var("GEONEX_TEST_MOTO_URL").unwrap_or_else(|_| "http://127.0.0.1:5000".into())
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// A database created for one test and dropped when the test ends.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        let name = format!("geonex_test_{}", Uuid::new_v4().simple());
+        let admin = pg_admin_url();
+        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to the test Postgres");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create database");
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
+        Self { url: format!("{base}/{name}"), name }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async context; a short-lived runtime does the cleanup.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await.ok()?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop database if exists {name} with (force)")))
+                    .execute(&mut conn)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// Options for one application under test.
+#[derive(Clone)]
+pub struct TestConfig {
+    pub role: Role,
+    /// Broker URL (e.g. through a proxy the test controls).
+    pub amqp_url: String,
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl Default for TestConfig {
+    fn default() -> Self {
+        Self { role: Role::Serve, amqp_url: amqp_url(), extra_env: Vec::new() }
+    }
+}
+
+pub fn ec2_sdk_config() -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(moto_url())
+        .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(Credentials::new(
+            "test", "test", None, None, "geonex-tests",
+        )))
+        .build()
+}
+
+/// A second, independent EC2 client, for checking what really exists in the cloud.
+pub fn ec2_client() -> aws_sdk_ec2::Client {
+    aws_sdk_ec2::Client::new(&ec2_sdk_config())
+}
+
+/// The environment of one test's deployment: everything a `geonex` process needs
+/// to join it (database, queue prefix, EC2 endpoint, fast timings).
+pub struct Deployment {
+    pub db: TestDatabase,
+    pub env: Vec<(String, String)>,
+}
+
+impl Deployment {
+    pub async fn new(config: &TestConfig) -> Self {
+        let db = TestDatabase::create().await;
+        let mut env: Vec<(String, String)> = [
+            ("GEONEX_LISTEN", "127.0.0.1:0".to_owned()),
+            ("GEONEX_DATABASE_URL", db.url.clone()),
+            ("GEONEX_AMQP_URL", config.amqp_url.clone()),
+            ("GEONEX_QUEUE__PREFIX", unique("geonex-test")),
+            ("GEONEX_QUEUE__QUEUE_EXPIRES_MS", "900000".into()),
+            ("GEONEX_QUEUE__PUBLISH_TIMEOUT_MS", "1000".into()),
+            ("GEONEX_EC2__ENDPOINT_URL", moto_url()),
+            ("GEONEX_EC2__REGION", "us-east-1".into()),
+            ("GEONEX_WORKER__RETRY_BASE_MS", "200".into()),
+            ("GEONEX_WORKER__RETRY_CAP_MS", "2000".into()),
+            ("GEONEX_WORKER__BLOCKED_DELAY_MS", "200".into()),
+            ("GEONEX_WORKER__INSTANCE_POLL_MS", "100".into()),
+            ("GEONEX_WORKER__INSTANCE_WAIT_SECS", "20".into()),
+            ("GEONEX_WORKER__LEASE_SECS", "30".into()),
+            ("GEONEX_RELAY__INTERVAL_MS", "200".into()),
+            ("GEONEX_RELAY__GRACE_MS", "1000".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        for (k, v) in &config.extra_env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        Self { db, env }
+    }
+
+    pub fn settings(&self) -> Settings {
+        let (settings, unknown) = Settings::load_from(self.env.clone()).expect("test settings");
+        assert!(unknown.is_empty(), "unknown settings in test env: {unknown:?}");
+        settings
+    }
+
+    /// Starts an application of this deployment in this process.
+    pub async fn spawn(&self, role: Role) -> RunningApp {
+        let settings = self.settings();
+        let cloud = Arc::new(Ec2Cloud::with_config(&ec2_sdk_config(), settings.ec2.clone()));
+        let app = Application::build_with_cloud(settings, role, cloud).await.expect("build application");
+        let port = app.port();
+        let shutdown = app.shutdown_token();
+        let task = tokio::spawn(app.run_until_stopped());
+        RunningApp { address: format!("http://127.0.0.1:{port}"), shutdown, task }
+    }
+
+    /// A `geonex` process of this deployment (for crash tests).
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_geonex"));
+        cmd.args(args)
+            .envs(self.env.iter().cloned())
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("GEONEX_LOG__FILTER", "warn")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+}
+
+pub struct RunningApp {
+    pub address: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningApp {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+    }
+}
+
+/// A deployment with one application serving HTTP, plus clients to inspect it.
+pub struct TestApp {
+    pub deployment: Deployment,
+    pub app: Option<RunningApp>,
+    pub address: String,
+    pub http: reqwest::Client,
+    pub store: PgStore,
+    pub ec2: aws_sdk_ec2::Client,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(TestConfig::default()).await
+}
+
+pub async fn spawn_app_with(config: TestConfig) -> TestApp {
+    let deployment = Deployment::new(&config).await;
+    let app = deployment.spawn(config.role).await;
+    let store = PgStore::connect(&deployment.db.url, 4, Duration::from_secs(5)).await.expect("store");
+    TestApp {
+        address: app.address.clone(),
+        app: Some(app),
+        deployment,
+        http: reqwest::Client::new(),
+        store,
+        ec2: ec2_client(),
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl TestApp {
+    pub async fn get(&self, path_and_query: &str) -> Reply {
+        self.send(self.http.get(format!("{}{}", self.address, path_and_query))).await
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        Reply { status, headers, body }
+    }
+
+    pub async fn start_runner(&self, runner_id: &str, image: &str) -> Reply {
+        self.get(&format!(
+            "/start-runner?instance_type=m5d.large&image_name={image}&s3_output=s3://geonex/GO16_ABI15&runner_id={runner_id}&runner_name=Production"
+        ))
+        .await
+    }
+
+    pub async fn command(&self, command_id: &str) -> Value {
+        self.get(&format!("/describe-command?command_id={command_id}")).await.body
+    }
+
+    /// Polls until the command is in one of `statuses`.
+    pub async fn wait_command(&self, command_id: &str, statuses: &[&str]) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let c = self.command(command_id).await;
+            if statuses.contains(&c["status"].as_str().unwrap_or("")) {
+                return c;
+            }
+            assert!(Instant::now() < deadline, "command {command_id} never reached {statuses:?}: {c}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn runner(&self, runner_id: &str) -> Value {
+        let r = self.get(&format!("/describe-runners?runner_id={runner_id}")).await;
+        r.body["runners"][0].clone()
+    }
+
+    /// Every instance ever launched for this runner, with its state (moto keeps
+    /// terminated instances listed).
+    pub async fn instances_of(&self, runner_id: &str) -> Vec<(String, String)> {
+        instances_tagged(&self.ec2, runner_id).await
+    }
+
+    pub async fn stop_app(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.stop().await;
+        }
+    }
+}
+
+pub async fn instances_tagged(ec2: &aws_sdk_ec2::Client, runner_id: &str) -> Vec<(String, String)> {
+    let out = ec2
+        .describe_instances()
+        .filters(aws_sdk_ec2::types::Filter::builder().name("tag:geonex:runner-id").values(runner_id).build())
+        .send()
+        .await
+        .expect("describe instances");
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| {
+            (
+                i.instance_id().unwrap_or_default().to_owned(),
+                i.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+pub async fn user_data_of(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> String {
+    use base64::Engine;
+    let out = ec2
+        .describe_instance_attribute()
+        .instance_id(instance_id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .expect("describe instance attribute");
+    let encoded = out.user_data().and_then(|v| v.value()).unwrap_or_default();
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(encoded).expect("base64")).expect("utf-8")
+}
+
+/// Polls an async condition until it holds or the deadline passes.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
