@@ -203,3 +203,78 @@ async fn a_permanently_failing_command_ends_dead_and_replay_completes_it_once_th
     }
     fixed.stop().await;
 }
+
+#[tokio::test]
+async fn commands_failing_on_an_unreachable_cloud_are_retried_with_backoff_then_dead_when_attempts_run_out() {
+    let moto = crate::helpers::moto_url();
+    let proxy = Proxy::start(moto.trim_start_matches("http://")).await;
+    let config = TestConfig {
+        extra_env: vec![
+            ("GEONEX_EC2__ENDPOINT_URL".into(), format!("http://127.0.0.1:{}", proxy.port)),
+            ("GEONEX_WORKER__MAX_ATTEMPTS".into(), "3".into()),
+        ],
+        ..TestConfig::default()
+    };
+    let app = spawn_app_with(config).await;
+    proxy.cut().await;
+
+    // Attempts run out while the cloud stays away: dead, with the last error.
+    let a = unique("exhaust");
+    let ra = app.start_runner(&a, "geonex/fire:1.5").await;
+    let ca = ra.body["command_id"].as_str().unwrap().to_owned();
+    let dead = app.wait_command(&ca, &["dead", "succeeded"]).await;
+    assert_eq!(dead["status"], "dead", "{dead}");
+    assert_eq!(dead["attempts"], 3, "{dead}");
+    assert!(dead["last_error"].as_str().unwrap().contains("dispatch failure"), "{dead}");
+
+    // A retrying command completes once the cloud is back.
+    let b = unique("recover");
+    let rb = app.start_runner(&b, "geonex/fire:1.5").await;
+    let cb = rb.body["command_id"].as_str().unwrap().to_owned();
+    eventually("a second attempt scheduled", Duration::from_secs(60), || async {
+        let c = app.command(&cb).await;
+        c["status"] == "retrying" && c["attempts"].as_i64() >= Some(1) && c["last_error"].is_string()
+    })
+    .await;
+    proxy.restore();
+    let done = app.wait_command(&cb, &["succeeded", "dead"]).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(done["attempts"].as_i64().unwrap() >= 2, "{done}");
+    assert_eq!(app.instances_of(&b).await.len(), 1);
+
+    // And the dead one, replayed.
+    let r = app.send(app.http.post(format!("{}/replay-command", app.address)).form(&[("command_id", ca.as_str())])).await;
+    assert_eq!(r.status, 200);
+    let done = app.wait_command(&ca, &["succeeded", "dead"]).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(app.instances_of(&a).await.len(), 1);
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_in_flight_command_finish_before_the_worker_exits() {
+    let mut app = spawn_app_with(TestConfig { role: Role::Api, ..TestConfig::default() }).await;
+    let runner_id = unique("drain");
+    let r = app.start_runner(&runner_id, "geonex/fire:1.5").await;
+    let command_id = r.body["command_id"].as_str().unwrap().to_owned();
+    let mut worker = app
+        .deployment
+        .command(&["worker"])
+        .env("GEONEX_FAILPOINTS", "after-run-instances=sleep(2000)")
+        .spawn()
+        .unwrap();
+    eventually("the worker holds the command", Duration::from_secs(30), || async {
+        app.command(&command_id).await["status"] == "running"
+    })
+    .await;
+    let pid = worker.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await.expect("worker exits").unwrap();
+    assert!(status.success(), "{status:?}");
+    // It exited only after finishing: the command is done, not left to a rescuer.
+    let c = app.command(&command_id).await;
+    assert_eq!(c["status"], "succeeded", "{c}");
+    assert_eq!(c["attempts"], 1);
+    assert_eq!(app.instances_of(&runner_id).await.len(), 1);
+    app.stop_app().await;
+}

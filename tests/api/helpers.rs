@@ -86,10 +86,14 @@ impl Default for TestConfig {
 }
 
 pub fn ec2_sdk_config() -> aws_config::SdkConfig {
+    ec2_sdk_config_for(&moto_url())
+}
+
+pub fn ec2_sdk_config_for(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::SdkConfig::builder()
         .behavior_version(aws_config::BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
-        .endpoint_url(moto_url())
+        .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(Credentials::new(
             "test", "test", None, None, "geonex-tests",
         )))
@@ -148,7 +152,8 @@ impl Deployment {
     /// Starts an application of this deployment in this process.
     pub async fn spawn(&self, role: Role) -> RunningApp {
         let settings = self.settings();
-        let cloud = Arc::new(Ec2Cloud::with_config(&ec2_sdk_config(), settings.ec2.clone()));
+        let endpoint = settings.ec2.endpoint_url.clone().unwrap_or_else(moto_url);
+        let cloud = Arc::new(Ec2Cloud::with_config(&ec2_sdk_config_for(&endpoint), settings.ec2.clone()));
         let app = Application::build_with_cloud(settings, role, cloud).await.expect("build application");
         let port = app.port();
         let shutdown = app.shutdown_token();

@@ -124,7 +124,7 @@ impl RunnerHandler {
             client_token: format!("geonex-{}", cmd.command_id),
         };
         let launched = self.cloud.launch(&spec).await?;
-        failpoint::hit("after-run-instances");
+        failpoint::hit("after-run-instances").await;
         self.store
             .record_instance(
                 &runner.runner_id,
