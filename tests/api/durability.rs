@@ -67,14 +67,13 @@ async fn a_worker_killed_after_run_instances_before_recording_it_leaves_exactly_
     let command_id = r.body["command_id"].as_str().unwrap().to_owned();
 
     // A worker process that dies the moment RunInstances returns.
-    let status = app
+    let crashing = app
         .deployment
         .command(&["worker"])
         .env("GEONEX_FAILPOINTS", "after-run-instances")
         .env("GEONEX_WORKER__LEASE_SECS", "2")
-        .status()
-        .await
-        .unwrap();
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(60), crashing).await.expect("the worker ran").unwrap();
     assert_eq!(status.code(), Some(86), "the worker should have crashed at the failpoint");
     assert_eq!(app.instances_of(&runner_id).await.len(), 1, "the crashed attempt did launch an instance");
     let before = app.command(&command_id).await;

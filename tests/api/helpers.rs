@@ -120,7 +120,7 @@ impl Deployment {
             ("GEONEX_DATABASE_URL", db.url.clone()),
             ("GEONEX_AMQP_URL", config.amqp_url.clone()),
             ("GEONEX_QUEUE__PREFIX", unique("geonex-test")),
-            ("GEONEX_QUEUE__QUEUE_EXPIRES_MS", "900000".into()),
+            ("GEONEX_QUEUE__QUEUE_EXPIRES_MS", "60000".into()),
             ("GEONEX_QUEUE__PUBLISH_TIMEOUT_MS", "1000".into()),
             ("GEONEX_EC2__ENDPOINT_URL", moto_url()),
             ("GEONEX_EC2__REGION", "us-east-1".into()),
@@ -152,6 +152,9 @@ impl Deployment {
     /// Starts an application of this deployment in this process.
     pub async fn spawn(&self, role: Role) -> RunningApp {
         let settings = self.settings();
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            geonex::telemetry::init(&geonex_shared::config::LogSettings { format: "pretty".into(), filter });
+        }
         let endpoint = settings.ec2.endpoint_url.clone().unwrap_or_else(moto_url);
         let cloud = Arc::new(Ec2Cloud::with_config(&ec2_sdk_config_for(&endpoint), settings.ec2.clone()));
         let app = Application::build_with_cloud(settings, role, cloud).await.expect("build application");
@@ -172,6 +175,31 @@ impl Deployment {
             .stdin(Stdio::null())
             .kill_on_drop(true);
         cmd
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        // Quorum queues are not free: delete this test's queues and exchanges now
+        // rather than waiting for them to expire.
+        let prefix = self.settings().queue.prefix;
+        let topology = geonex_shared::queue::rabbitmq::Topology { prefix: prefix.clone(), queue_expires_ms: None };
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await.ok()?;
+                let ch = conn.create_channel().await.ok()?;
+                for q in topology.all_queues() {
+                    let _ = ch.queue_delete(q.into(), lapin::options::QueueDeleteOptions::default()).await;
+                }
+                for x in [prefix.clone(), format!("{prefix}.delay")] {
+                    let _ = ch.exchange_delete(x.into(), lapin::options::ExchangeDeleteOptions::default()).await;
+                }
+                let _ = conn.close(200, "test finished".into()).await;
+                Some(())
+            })
+        })
+        .join();
     }
 }
 
