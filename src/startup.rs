@@ -117,7 +117,7 @@ impl Application {
             let worker = Worker::new(
                 ports.store.clone(),
                 dispatcher.clone(),
-                handler,
+                vec![Arc::new(handler)],
                 settings.worker.clone(),
                 settings.queue.prefetch,
             );

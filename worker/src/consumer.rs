@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::handler::Handler;
 use crate::retry::{Backoff, ErrorClass, HandlerError};
-use crate::runner::RunnerHandler;
 
 pub struct Worker {
     inner: Arc<Inner>,
@@ -33,7 +33,7 @@ pub struct Worker {
 struct Inner {
     store: Arc<dyn Store>,
     dispatcher: Dispatcher,
-    runner: RunnerHandler,
+    handlers: Vec<Arc<dyn Handler>>,
     settings: WorkerSettings,
     prefetch: u16,
     backoff: Backoff,
@@ -43,7 +43,7 @@ impl Worker {
     pub fn new(
         store: Arc<dyn Store>,
         dispatcher: Dispatcher,
-        runner: RunnerHandler,
+        handlers: Vec<Arc<dyn Handler>>,
         settings: WorkerSettings,
         prefetch: u16,
     ) -> Self {
@@ -51,12 +51,15 @@ impl Worker {
             base: Duration::from_millis(settings.retry_base_ms),
             cap: Duration::from_millis(settings.retry_cap_ms),
         };
-        Self { inner: Arc::new(Inner { store, dispatcher, runner, settings, prefetch, backoff }) }
+        Self { inner: Arc::new(Inner { store, dispatcher, handlers, settings, prefetch, backoff }) }
     }
 
     /// The queues this worker has handlers for.
     pub fn queues(&self) -> Vec<WorkQueue> {
-        vec![WorkQueue::Runner]
+        let mut queues: Vec<WorkQueue> =
+            self.inner.handlers.iter().flat_map(|h| h.actions().iter().map(|a| a.queue())).collect();
+        queues.dedup();
+        WorkQueue::ALL.into_iter().filter(|q| queues.contains(q)).collect()
     }
 
     /// Consumes until `shutdown` is cancelled, then lets in-flight commands finish
@@ -223,23 +226,23 @@ impl Inner {
                 }
             })
         };
-        let outcome = match (&runner, command.action) {
-            (Some(r), Action::StartRunner | Action::RestartRunner | Action::StopRunner | Action::DeleteRunner) => {
-                self.runner.handle(&command, r).await
-            }
-            (None, _) => Err(HandlerError::permanent("the command's runner does not exist")),
-            (_, other) => Err(HandlerError::permanent(format!("no handler for {other}"))),
+        let outcome = match self.handlers.iter().find(|h| h.actions().contains(&command.action)) {
+            Some(h) => h.handle(&command, runner.as_ref()).await,
+            None => Err(HandlerError::permanent(format!("no handler for {}", command.action))),
         };
         renew.cancel();
         let _ = renewer.await;
 
         match outcome {
             Ok(done) => {
-                let runner_id = command.runner_id.as_deref().unwrap_or_default();
-                let record = || self.store.succeed_runner_command(command.command_id, runner_id, &done.observation, done.result.clone());
+                let runner_update = match (&command.runner_id, &done.runner) {
+                    (Some(id), Some(obs)) => Some((id.as_str(), obs)),
+                    _ => None,
+                };
+                let record = || self.store.succeed_command(command.command_id, runner_update, done.result.clone());
                 match persist(record).await {
                     Ok(()) => {
-                        tracing::info!(observed = done.observation.observed.as_str(), "command succeeded");
+                        tracing::info!(observed = done.runner.as_ref().map(|o| o.observed.as_str()), "command succeeded");
                         Settle::Ack
                     }
                     Err(_) => Settle::Requeue,

@@ -13,15 +13,13 @@ use geonex_shared::domain::{Action, ObservedState};
 use geonex_shared::store::{CommandRecord, RunnerObservation, RunnerRecord, Store};
 use serde_json::json;
 
+use async_trait::async_trait;
+
 use crate::cloud::{Cloud, InstanceInfo, LaunchSpec, TAG_COMMAND_ID};
+use crate::handler::{Handler, Outcome};
 use crate::failpoint;
 use crate::retry::HandlerError;
 use crate::user_data::{UserDataContext, UserDataTemplate};
-
-pub struct Outcome {
-    pub observation: RunnerObservation,
-    pub result: serde_json::Value,
-}
 
 pub struct RunnerHandler {
     cloud: Arc<dyn Cloud>,
@@ -65,16 +63,6 @@ impl RunnerHandler {
 
     pub fn cloud(&self) -> &Arc<dyn Cloud> {
         &self.cloud
-    }
-
-    pub async fn handle(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Result<Outcome, HandlerError> {
-        match cmd.action {
-            Action::StartRunner => self.start(cmd, runner).await,
-            Action::RestartRunner => self.restart(cmd, runner).await,
-            Action::StopRunner => self.stop(runner).await,
-            Action::DeleteRunner => self.delete(runner).await,
-            other => Err(HandlerError::permanent(format!("{other} is not a runner action"))),
-        }
     }
 
     fn user_data(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Result<String, HandlerError> {
@@ -141,7 +129,7 @@ impl RunnerHandler {
             Some(i) => i.state,
             None => ObservedState::Terminated,
         };
-        Ok(Outcome { observation: RunnerObservation { instance_id: Some(instance_id.to_owned()), observed: state }, result })
+        Ok(observed(Some(instance_id.to_owned()), state, result))
     }
 
     async fn wait_until(&self, instance_id: &str, target: ObservedState) -> Result<(), HandlerError> {
@@ -204,10 +192,7 @@ impl RunnerHandler {
 
     async fn stop(&self, runner: &RunnerRecord) -> Result<Outcome, HandlerError> {
         let Some(i) = self.live_instance(runner).await? else {
-            return Ok(Outcome {
-                observation: RunnerObservation { instance_id: None, observed: no_instance_state(runner) },
-                result: json!({ "instance_id": null, "note": "runner has no live instance" }),
-            });
+            return Ok(observed(None, no_instance_state(runner), json!({ "instance_id": null, "note": "runner has no live instance" })));
         };
         if !matches!(i.state, ObservedState::Stopping | ObservedState::Stopped) {
             if i.state == ObservedState::Pending {
@@ -220,14 +205,39 @@ impl RunnerHandler {
 
     async fn delete(&self, runner: &RunnerRecord) -> Result<Outcome, HandlerError> {
         let Some(i) = self.live_instance(runner).await? else {
-            return Ok(Outcome {
-                observation: RunnerObservation { instance_id: None, observed: ObservedState::Terminated },
-                result: json!({ "instance_id": runner.instance_id, "note": "no live instance to terminate" }),
-            });
+            return Ok(observed(
+                None,
+                ObservedState::Terminated,
+                json!({ "instance_id": runner.instance_id, "note": "no live instance to terminate" }),
+            ));
         };
         self.cloud.terminate(&i.instance_id).await?;
         self.observe(&i.instance_id, json!({ "instance_id": i.instance_id })).await
     }
+}
+
+#[async_trait]
+impl Handler for RunnerHandler {
+    fn actions(&self) -> &'static [Action] {
+        &[Action::StartRunner, Action::RestartRunner, Action::StopRunner, Action::DeleteRunner]
+    }
+
+    async fn handle(&self, cmd: &CommandRecord, runner: Option<&RunnerRecord>) -> Result<Outcome, HandlerError> {
+        let Some(runner) = runner else {
+            return Err(HandlerError::permanent("the command's runner does not exist"));
+        };
+        match cmd.action {
+            Action::StartRunner => self.start(cmd, runner).await,
+            Action::RestartRunner => self.restart(cmd, runner).await,
+            Action::StopRunner => self.stop(runner).await,
+            Action::DeleteRunner => self.delete(runner).await,
+            other => Err(HandlerError::permanent(format!("{other} is not a runner action"))),
+        }
+    }
+}
+
+fn observed(instance_id: Option<String>, observed: ObservedState, result: serde_json::Value) -> Outcome {
+    Outcome { result, runner: Some(RunnerObservation { instance_id, observed }) }
 }
 
 fn no_instance_state(runner: &RunnerRecord) -> ObservedState {

@@ -253,12 +253,12 @@ pub trait Store: Send + Sync + 'static {
     /// Progress recorded mid-command (an instance was launched), so a crash after it
     /// loses nothing.
     async fn record_instance(&self, runner_id: &str, obs: &RunnerObservation) -> Result<(), StoreError>;
-    /// Completes a runner command and records the runner's new state in one transaction.
-    async fn succeed_runner_command(
+    /// Completes a command and, for runner commands, records the runner's new state,
+    /// in one transaction.
+    async fn succeed_command(
         &self,
         command_id: Uuid,
-        runner_id: &str,
-        obs: &RunnerObservation,
+        runner: Option<(&str, &RunnerObservation)>,
         result: serde_json::Value,
     ) -> Result<(), StoreError>;
     /// Sets a running command to `retrying`; its next message must be published.

@@ -407,23 +407,24 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn succeed_runner_command(
+    async fn succeed_command(
         &self,
         command_id: Uuid,
-        runner_id: &str,
-        obs: &RunnerObservation,
+        runner: Option<(&str, &RunnerObservation)>,
         result: serde_json::Value,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "update runner set instance_id = coalesce($2, instance_id), observed_state = $3, last_error = null \
-             where runner_id = $1",
-        )
-        .bind(runner_id)
-        .bind(&obs.instance_id)
-        .bind(obs.observed.as_str())
-        .execute(&mut *tx)
-        .await?;
+        if let Some((runner_id, obs)) = runner {
+            sqlx::query(
+                "update runner set instance_id = coalesce($2, instance_id), observed_state = $3, last_error = null \
+                 where runner_id = $1",
+            )
+            .bind(runner_id)
+            .bind(&obs.instance_id)
+            .bind(obs.observed.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
         sqlx::query(
             "update command set status = 'succeeded', result = $2, finished_at = now(), lease_until = null, \
              last_error = null where command_id = $1 and status = 'running'",
