@@ -27,6 +27,16 @@ pub enum Command {
     Worker,
     /// Apply database migrations and exit.
     Migrate,
+    /// Manage user accounts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage service-account tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Move dead commands back to the queue.
     Replay {
         /// Replay every dead command.
@@ -41,6 +51,41 @@ pub enum Command {
     },
 }
 
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Create a user; the password is read from standard input.
+    Create {
+        #[arg(long)]
+        user_name: String,
+        /// Give the user the admin role (default: user).
+        #[arg(long, conflicts_with = "role")]
+        admin: bool,
+        /// user, operator or admin.
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a service-account token (for the dashboard, scripts) and print it once.
+    Create {
+        /// The account's name, recorded on every command it submits.
+        #[arg(long)]
+        name: String,
+        /// user, operator or admin.
+        #[arg(long, default_value = "operator")]
+        role: String,
+        /// Expire after this many days (default: never).
+        #[arg(long)]
+        days: Option<u32>,
+    },
+}
+
 pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => serve(settings, Role::Serve).await,
@@ -50,6 +95,13 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             Ports::connect(&settings).await?;
             println!("database is up to date");
             Ok(())
+        }
+        Command::User { command: UserCommand::Create { user_name, admin, role, email, display_name } } => {
+            let role = if admin { "admin".to_owned() } else { role.unwrap_or_else(|| "user".into()) };
+            create_user(settings, user_name, role, email, display_name).await
+        }
+        Command::Token { command: TokenCommand::Create { name, role, days } } => {
+            create_token(settings, name, role, days).await
         }
         Command::Replay { all, action, command_id } => {
             let selector = match (all, action, command_id) {
@@ -138,5 +190,60 @@ async fn replay(settings: Settings, selector: ReplaySelector) -> anyhow::Result<
     for c in &out.replayed {
         println!("{} {}", c.command_id, c.action);
     }
+    Ok(())
+}
+
+async fn create_user(
+    settings: Settings,
+    user_name: String,
+    role: String,
+    email: Option<String>,
+    display_name: Option<String>,
+) -> anyhow::Result<()> {
+    use geonex_shared::auth::Password;
+    use geonex_shared::domain::{DisplayName, EmailAddress, Role, UserName};
+    use geonex_shared::store::users::NewUser;
+    let role = Role::parse(&role).ok_or_else(|| anyhow::anyhow!("role must be user, operator or admin"))?;
+    let name = UserName::parse(&user_name)?;
+    let email = EmailAddress::parse(&email.unwrap_or_else(|| format!("{user_name}@localhost.localdomain")))?;
+    let display = DisplayName::parse(&display_name.unwrap_or_else(|| user_name.clone()))?;
+    let mut line = String::new();
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        eprint!("password for {user_name}: ");
+        let _ = std::io::stderr().flush();
+    }
+    std::io::stdin().read_line(&mut line)?;
+    let password = Password::parse(line.trim_end_matches(['\n', '\r']))?;
+    let hash = tokio::task::spawn_blocking(move || password.hash()).await?.map_err(anyhow::Error::msg)?;
+    let ports = Ports::connect(&settings).await?;
+    let user = ports
+        .users
+        .create_user(NewUser {
+            user_id: Uuid::now_v7(),
+            user_name: name.into_inner(),
+            display_name: display.into_inner(),
+            email: email.into_inner(),
+            role,
+            password_hash: hash,
+        })
+        .await?;
+    println!("created {} ({}) {}", user.user_name, user.role, user.user_id);
+    Ok(())
+}
+
+async fn create_token(settings: Settings, name: String, role: String, days: Option<u32>) -> anyhow::Result<()> {
+    use geonex_shared::auth::{TokenKind, mint_token};
+    use geonex_shared::domain::{Role, UserName};
+    use geonex_shared::store::users::TokenOwner;
+    use secrecy::ExposeSecret;
+    let role = Role::parse(&role).ok_or_else(|| anyhow::anyhow!("role must be user, operator or admin"))?;
+    let name = UserName::parse(&name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+    let ports = Ports::connect(&settings).await?;
+    let token = mint_token(TokenKind::Api);
+    let expires_at = days.map(|d| chrono::Utc::now() + chrono::Duration::days(i64::from(d)));
+    let owner = TokenOwner::Service { name: name.into_inner() };
+    ports.users.insert_token(token.token_id, &token.secret_hash, &owner, role, expires_at).await?;
+    eprintln!("token for {} ({role}); shown once, store it now:", owner.label());
+    println!("{}", token.text.expose_secret());
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use geonex_api::AppState;
+use geonex_api::auth::LoginThrottle;
 use geonex_shared::config::Settings;
 use geonex_shared::dispatch::Dispatcher;
 use geonex_shared::domain::InstanceTypePolicy;
@@ -14,6 +15,7 @@ use geonex_shared::queue::Queue;
 use geonex_shared::queue::rabbitmq::{RabbitQueue, Topology};
 use geonex_shared::store::Store;
 use geonex_shared::store::postgres::PgStore;
+use geonex_shared::store::users::UserStore;
 use geonex_worker::cloud::Cloud;
 use geonex_worker::cloud::ec2::Ec2Cloud;
 use geonex_worker::consumer::Worker;
@@ -46,6 +48,7 @@ impl Role {
 /// The adapters behind each port, built from settings.
 pub struct Ports {
     pub store: Arc<dyn Store>,
+    pub users: Arc<dyn UserStore>,
     pub queue: Arc<dyn Queue>,
 }
 
@@ -68,7 +71,8 @@ impl Ports {
         let topology =
             Topology { prefix: settings.queue.prefix.clone(), queue_expires_ms: settings.queue.queue_expires_ms };
         let queue = RabbitQueue::new(amqp_url, topology, Duration::from_millis(settings.queue.publish_timeout_ms));
-        Ok(Self { store: Arc::new(store), queue: Arc::new(queue) })
+        let store = Arc::new(store);
+        Ok(Self { store: store.clone(), users: store, queue: Arc::new(queue) })
     }
 }
 
@@ -133,9 +137,15 @@ impl Application {
             let port = listener.local_addr()?.port();
             let state = AppState {
                 store: ports.store.clone(),
+                users: ports.users.clone(),
                 dispatcher: dispatcher.clone(),
                 instance_types: InstanceTypePolicy::new(settings.ec2.allowed_instance_types.clone()),
                 settings: settings.api.clone(),
+                auth: settings.auth.clone(),
+                throttle: Arc::new(LoginThrottle::new(
+                    settings.auth.max_failed_logins,
+                    Duration::from_secs(settings.auth.failed_login_window_secs),
+                )),
                 max_attempts: settings.worker.max_attempts,
                 cloud_label: cloud.describe_self(),
             };
@@ -168,7 +178,8 @@ impl Application {
         if let (Some(listener), Some(router)) = (self.listener, self.router) {
             let shutdown = self.shutdown.clone();
             tasks.spawn(async move {
-                let serve = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
+                let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+                let serve = axum::serve(listener, service).with_graceful_shutdown(shutdown.cancelled_owned());
                 if let Err(e) = serve.await {
                     tracing::error!(error = %e, "HTTP server failed");
                 }

@@ -21,6 +21,12 @@ pub enum ApiError {
     #[error("{message}")]
     Unprocessable { code: &'static str, message: String, field: Option<&'static str> },
     #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("too many failed attempts; try again in {0} seconds")]
+    TooManyRequests(u64),
+    #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -54,6 +60,9 @@ impl ApiError {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -68,6 +77,9 @@ impl ApiError {
             ApiError::NotFound { code, field, .. }
             | ApiError::Conflict { code, field, .. }
             | ApiError::Unprocessable { code, field, .. } => (code, *field),
+            ApiError::Unauthorized(_) => ("unauthorized", None),
+            ApiError::Forbidden(_) => ("forbidden", None),
+            ApiError::TooManyRequests(_) => ("too_many_requests", None),
             ApiError::UnsupportedMediaType(_) => ("unsupported_media_type", None),
             ApiError::PayloadTooLarge(_) => ("payload_too_large", None),
             ApiError::MethodNotAllowed => ("method_not_allowed", None),
@@ -93,7 +105,17 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        (status, Json(ErrorBody { error: self.detail() })).into_response()
+        let retry_after = match &self {
+            ApiError::TooManyRequests(secs) => Some(*secs),
+            _ => None,
+        };
+        let mut response = (status, Json(ErrorBody { error: self.detail() })).into_response();
+        if let Some(secs) = retry_after
+            && let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
+        response
     }
 }
 

@@ -2,6 +2,7 @@
 //! OpenAPI document. The API never calls AWS or SMTP: it validates, records
 //! commands in the store and publishes them to the queue.
 
+pub mod auth;
 pub mod error;
 pub mod params;
 pub mod routes;
@@ -10,13 +11,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use geonex_shared::config::ApiSettings;
+use axum::routing::{MethodRouter, get, post};
+use geonex_shared::config::{ApiSettings, AuthSettings};
 use geonex_shared::dispatch::Dispatcher;
-use geonex_shared::domain::InstanceTypePolicy;
+use geonex_shared::domain::{InstanceTypePolicy, Role};
 use geonex_shared::store::Store;
+use geonex_shared::store::users::UserStore;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -24,26 +28,23 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
+use crate::auth::{Access, LoginThrottle};
 use crate::error::ApiError;
-use crate::routes::{describe, ops, runners};
+use crate::routes::{describe, ops, runners, users};
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    pub users: Arc<dyn UserStore>,
     pub dispatcher: Dispatcher,
     pub instance_types: InstanceTypePolicy,
     pub settings: ApiSettings,
+    pub auth: AuthSettings,
+    pub throttle: Arc<LoginThrottle>,
     pub max_attempts: i32,
     /// What the cloud adapter is, shown by `/readyz`.
     pub cloud_label: String,
-}
-
-impl AppState {
-    /// Who is asking, recorded on every command.
-    pub fn requester(&self, _headers: &HeaderMap) -> String {
-        "anonymous".to_owned()
-    }
 }
 
 #[derive(OpenApi)]
@@ -52,47 +53,76 @@ impl AppState {
     paths(
         runners::start_runner, runners::restart_runner, runners::stop_runner, runners::delete_runner,
         describe::describe_runners, describe::describe_commands, describe::describe_command,
+        users::register_user, users::describe_users, users::login, users::logout,
         ops::replay_command, ops::healthz, ops::readyz, ops::openapi,
     ),
-    components(schemas(error::ErrorBody, error::ErrorDetail, runners::Accepted, ops::ReplayResult))
+    components(schemas(error::ErrorBody, error::ErrorDetail, runners::Accepted, ops::ReplayResult)),
+    modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
 
-/// Every route as (method, path): the router is built from the same handlers,
-/// and a test checks that each one appears in the OpenAPI document.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/start-runner"),
-    ("POST", "/start-runner"),
-    ("GET", "/restart-runner"),
-    ("POST", "/restart-runner"),
-    ("GET", "/stop-runner"),
-    ("POST", "/stop-runner"),
-    ("GET", "/delete-runner"),
-    ("POST", "/delete-runner"),
-    ("GET", "/describe-runners"),
-    ("GET", "/describe-commands"),
-    ("GET", "/describe-command"),
-    ("POST", "/replay-command"),
-    ("GET", "/healthz"),
-    ("GET", "/readyz"),
-    ("GET", "/openapi.json"),
-];
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+/// One route: its path, methods, who may call it, and its handlers.
+pub struct RouteSpec {
+    pub path: &'static str,
+    pub methods: &'static [&'static str],
+    pub access: Access,
+    handler: MethodRouter<AppState>,
+}
+
+fn route(path: &'static str, methods: &'static [&'static str], access: Access, handler: MethodRouter<AppState>) -> RouteSpec {
+    RouteSpec { path, methods, access, handler }
+}
+
+/// Every route of the API. The router is built from this table, each route
+/// wrapped in its access guard; the OpenAPI and authorization tests walk it too.
+pub fn routes() -> Vec<RouteSpec> {
+    use Access::{Public, Registration};
+    const GET_POST: &[&str] = &["GET", "POST"];
+    let operator = Access::Role(Role::Operator);
+    let user = Access::Role(Role::User);
+    let admin = Access::Role(Role::Admin);
+    vec![
+        route("/start-runner", GET_POST, operator, get(runners::start_runner).post(runners::start_runner)),
+        route("/restart-runner", GET_POST, operator, get(runners::restart_runner).post(runners::restart_runner)),
+        route("/stop-runner", GET_POST, operator, get(runners::stop_runner).post(runners::stop_runner)),
+        route("/delete-runner", GET_POST, operator, get(runners::delete_runner).post(runners::delete_runner)),
+        route("/describe-runners", &["GET"], user, get(describe::describe_runners)),
+        route("/describe-commands", &["GET"], operator, get(describe::describe_commands)),
+        route("/describe-command", &["GET"], operator, get(describe::describe_command)),
+        route("/replay-command", &["POST"], admin, post(ops::replay_command)),
+        route("/register-user", &["POST"], Registration, post(users::register_user)),
+        route("/describe-users", &["GET"], admin, get(users::describe_users)),
+        route("/login", &["POST"], Public, post(users::login)),
+        route("/logout", &["POST"], user, post(users::logout)),
+        route("/healthz", &["GET"], Public, get(ops::healthz)),
+        route("/readyz", &["GET"], Public, get(ops::readyz)),
+        route("/openapi.json", &["GET"], user, get(ops::openapi)),
+    ]
+}
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.body_limit_bytes;
     let timeout = Duration::from_millis(state.settings.request_timeout_ms);
-    Router::new()
-        .route("/start-runner", get(runners::start_runner).post(runners::start_runner))
-        .route("/restart-runner", get(runners::restart_runner).post(runners::restart_runner))
-        .route("/stop-runner", get(runners::stop_runner).post(runners::stop_runner))
-        .route("/delete-runner", get(runners::delete_runner).post(runners::delete_runner))
-        .route("/describe-runners", get(describe::describe_runners))
-        .route("/describe-commands", get(describe::describe_commands))
-        .route("/describe-command", get(describe::describe_command))
-        .route("/replay-command", post(ops::replay_command))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/openapi.json", get(ops::openapi))
+    let mut router = Router::new();
+    for spec in routes() {
+        let access = spec.access;
+        let guarded = spec.handler.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            move |s: State<AppState>, req: Request, next: Next| auth::guard(s, access, req, next),
+        ));
+        router = router.route(spec.path, guarded);
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

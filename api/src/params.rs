@@ -15,22 +15,39 @@ use geonex_shared::error::FieldError;
 use crate::error::ApiError;
 
 #[derive(Debug, Default, Clone)]
-pub struct Params(BTreeMap<String, String>);
+pub struct Params {
+    values: BTreeMap<String, String>,
+    /// Names that came in the URL's query string (which ends up in access logs).
+    in_query: Vec<String>,
+}
 
 impl Params {
     pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<Self, ApiError> {
-        let mut map = BTreeMap::new();
+        let mut values = BTreeMap::new();
         for (k, v) in pairs {
-            if map.insert(k.clone(), v).is_some() {
+            if values.insert(k.clone(), v).is_some() {
                 return Err(repeated(&k));
             }
         }
-        Ok(Self(map))
+        Ok(Self { values, in_query: Vec::new() })
+    }
+
+    fn with_query(mut self, names: Vec<String>) -> Self {
+        self.in_query = names;
+        self
+    }
+
+    /// Refuses a secret given in the URL, where proxies and logs would keep it.
+    pub fn require_body(&self, name: &'static str) -> Result<(), FieldError> {
+        if self.in_query.iter().any(|n| n == name) {
+            return Err(FieldError::invalid(name, "must be sent in the request body, not in the URL"));
+        }
+        Ok(())
     }
 
     /// The raw value; an empty value counts as absent.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.values.get(name).map(String::as_str).filter(|v| !v.is_empty())
     }
 
     pub fn required(&self, name: &'static str) -> Result<&str, FieldError> {
@@ -78,7 +95,7 @@ impl Params {
     pub fn digest(&self) -> String {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
-        for (k, v) in &self.0 {
+        for (k, v) in &self.values {
             h.update(k.as_bytes());
             h.update([0]);
             h.update(v.as_bytes());
@@ -106,8 +123,9 @@ impl<S: Send + Sync> FromRequest<S> for Params {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let mut pairs = query_pairs(req.uri().query())?;
+        let query_names: Vec<String> = pairs.iter().map(|(k, _)| k.clone()).collect();
         if req.method() == Method::GET || req.method() == Method::HEAD {
-            return Self::from_pairs(pairs);
+            return Ok(Self::from_pairs(pairs)?.with_query(query_names));
         }
         let content_type = req
             .headers()
@@ -122,7 +140,7 @@ impl<S: Send + Sync> FromRequest<S> for Params {
             }
         })?;
         if body.iter().all(u8::is_ascii_whitespace) {
-            return Self::from_pairs(pairs);
+            return Ok(Self::from_pairs(pairs)?.with_query(query_names));
         }
         match content_type.as_deref() {
             Some("application/json") => pairs.extend(json_pairs(&body)?),
@@ -138,7 +156,7 @@ impl<S: Send + Sync> FromRequest<S> for Params {
                 )));
             }
         }
-        Self::from_pairs(pairs)
+        Ok(Self::from_pairs(pairs)?.with_query(query_names))
     }
 }
 

@@ -41,6 +41,7 @@ pub struct Settings {
     pub relay: RelaySettings,
     pub ec2: Ec2Settings,
     pub api: ApiSettings,
+    pub auth: AuthSettings,
     pub log: LogSettings,
 }
 
@@ -58,6 +59,7 @@ impl Default for Settings {
             relay: RelaySettings::default(),
             ec2: Ec2Settings::default(),
             api: ApiSettings::default(),
+            auth: AuthSettings::default(),
             log: LogSettings::default(),
         }
     }
@@ -206,6 +208,26 @@ pub struct ApiSettings {
 impl Default for ApiSettings {
     fn default() -> Self {
         Self { body_limit_bytes: 64 * 1024, request_timeout_ms: 30_000, default_page_size: 100, max_page_size: 1_000 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct AuthSettings {
+    /// Whether anyone may create an account with `/register-user` (as role `user`).
+    /// When false, only administrators can register users.
+    pub open_registration: bool,
+    /// Lifetime of a token issued by `/login`.
+    pub login_ttl_secs: u64,
+    /// Failed logins for one user name, or from one address, within the window
+    /// before further attempts are refused with 429.
+    pub max_failed_logins: usize,
+    pub failed_login_window_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self { open_registration: true, login_ttl_secs: 12 * 3600, max_failed_logins: 5, failed_login_window_secs: 300 }
     }
 }
 

@@ -297,6 +297,93 @@ impl fmt::Display for S3Uri {
     }
 }
 
+/// What a caller may do. Ordered: an admin may do everything an operator may, and
+/// an operator everything a user may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    User,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Role::User, Role::Operator, Role::Admin].into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+string_newtype!(
+    /// A login name: 3–64 characters of `[A-Za-z0-9._-]`, starting with a letter or
+    /// digit. Unique regardless of case.
+    UserName
+);
+
+impl UserName {
+    pub fn parse(value: &str) -> Result<Self, FieldError> {
+        const FIELD: &str = "user_name";
+        check_len(FIELD, value, 3, 64)?;
+        if !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            || !value.as_bytes()[0].is_ascii_alphanumeric()
+        {
+            return Err(FieldError::invalid(
+                FIELD,
+                "must start with a letter or digit and contain only letters, digits, '.', '_' and '-'",
+            ));
+        }
+        Ok(Self(value.to_owned()))
+    }
+}
+
+string_newtype!(
+    /// A person's name as shown in the dashboard.
+    DisplayName
+);
+
+impl DisplayName {
+    pub fn parse(value: &str) -> Result<Self, FieldError> {
+        const FIELD: &str = "display_name";
+        check_len(FIELD, value, 1, 128)?;
+        if value.trim() != value || value.chars().any(char::is_control) {
+            return Err(FieldError::invalid(FIELD, "must not have surrounding spaces or control characters"));
+        }
+        Ok(Self(value.to_owned()))
+    }
+}
+
+string_newtype!(
+    /// An e-mail address, checked by the mail library's RFC 5321 parser.
+    EmailAddress
+);
+
+impl EmailAddress {
+    pub fn parse(value: &str) -> Result<Self, FieldError> {
+        Self::parse_field("email", value)
+    }
+
+    pub fn parse_field(field: &'static str, value: &str) -> Result<Self, FieldError> {
+        check_len(field, value, 3, 254)?;
+        value
+            .parse::<lettre::Address>()
+            .map_err(|_| FieldError::invalid(field, "is not a valid e-mail address"))?;
+        Ok(Self(value.to_owned()))
+    }
+}
+
 /// What a command asks for. The string forms are stored and shown in the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -538,6 +625,20 @@ mod tests {
         }
         assert_eq!(ImageRef::parse("geonex/fire:1.5").unwrap().repository(), "geonex/fire");
         assert_eq!(ImageRef::parse("host:5000/fire").unwrap().repository(), "host:5000/fire");
+    }
+
+    #[test]
+    fn user_fields_are_checked() {
+        assert!(UserName::parse("alice.smith-2").is_ok());
+        for bad in ["al", "-alice", "a b c", "älice"] {
+            assert_eq!(UserName::parse(bad).unwrap_err().field, "user_name", "{bad}");
+        }
+        assert!(EmailAddress::parse("email@gmail.com").is_ok());
+        for bad in ["nope", "a@", "@b.c", "a b@c.d"] {
+            assert_eq!(EmailAddress::parse(bad).unwrap_err().field, "email", "{bad}");
+        }
+        assert!(DisplayName::parse(" x").is_err());
+        assert!(Role::Admin > Role::Operator && Role::Operator > Role::User);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! GeoNEX-core's shared crate: the domain vocabulary, configuration, and the two
 //! ports both the API and the workers use (store and queue) with their adapters.
 
+pub mod auth;
 pub mod config;
 pub mod dispatch;
 pub mod domain;

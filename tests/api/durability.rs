@@ -185,6 +185,7 @@ async fn a_permanently_failing_command_ends_dead_and_replay_completes_it_once_th
     let http = reqwest::Client::new();
     let r = http
         .post(format!("{}/replay-command", fixed.address))
+        .bearer_auth(&app.token)
         .json(&serde_json::json!({ "action": "start_runner" }))
         .send()
         .await
@@ -192,7 +193,13 @@ async fn a_permanently_failing_command_ends_dead_and_replay_completes_it_once_th
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["replayed"], serde_json::json!([cb]));
-    let r = http.post(format!("{}/replay-command", fixed.address)).form(&[("command_id", ca.as_str())]).send().await.unwrap();
+    let r = http
+        .post(format!("{}/replay-command", fixed.address))
+        .bearer_auth(&app.token)
+        .form(&[("command_id", ca.as_str())])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409, "only dead commands can be replayed");
     let done = app.wait_command(&cb, &["succeeded", "dead"]).await;
     assert_eq!(done["status"], "succeeded", "{done}");

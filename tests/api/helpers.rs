@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::config::{Credentials, Region};
-use geonex::startup::{Application, Role};
+use geonex::startup::{Application, Role as AppRole};
+use geonex_shared::domain::Role;
 use geonex_shared::config::Settings;
 use geonex_shared::store::postgres::PgStore;
 use geonex_worker::cloud::ec2::Ec2Cloud;
@@ -73,7 +74,7 @@ impl Drop for TestDatabase {
 /// Options for one application under test.
 #[derive(Clone)]
 pub struct TestConfig {
-    pub role: Role,
+    pub role: AppRole,
     /// Broker URL (e.g. through a proxy the test controls).
     pub amqp_url: String,
     pub extra_env: Vec<(String, String)>,
@@ -81,7 +82,7 @@ pub struct TestConfig {
 
 impl Default for TestConfig {
     fn default() -> Self {
-        Self { role: Role::Serve, amqp_url: amqp_url(), extra_env: Vec::new() }
+        Self { role: AppRole::Serve, amqp_url: amqp_url(), extra_env: Vec::new() }
     }
 }
 
@@ -150,7 +151,7 @@ impl Deployment {
     }
 
     /// Starts an application of this deployment in this process.
-    pub async fn spawn(&self, role: Role) -> RunningApp {
+    pub async fn spawn(&self, role: AppRole) -> RunningApp {
         let settings = self.settings();
         if let Ok(filter) = std::env::var("TEST_LOG") {
             geonex::telemetry::init(&geonex_shared::config::LogSettings { format: "pretty".into(), filter });
@@ -218,6 +219,8 @@ impl RunningApp {
 
 /// A deployment with one application serving HTTP, plus clients to inspect it.
 pub struct TestApp {
+    /// An administrator's token; `get` and `send` use it unless told otherwise.
+    pub token: String,
     pub deployment: Deployment,
     pub app: Option<RunningApp>,
     pub address: String,
@@ -234,7 +237,9 @@ pub async fn spawn_app_with(config: TestConfig) -> TestApp {
     let deployment = Deployment::new(&config).await;
     let app = deployment.spawn(config.role).await;
     let store = PgStore::connect(&deployment.db.url, 4, Duration::from_secs(5)).await.expect("store");
+    let token = service_token(&store, "test-admin", Role::Admin, None).await;
     TestApp {
+        token,
         address: app.address.clone(),
         app: Some(app),
         deployment,
@@ -250,13 +255,46 @@ pub struct Reply {
     pub body: Value,
 }
 
+/// Mints a service-account token straight into the store.
+pub async fn service_token(
+    store: &PgStore,
+    name: &str,
+    role: Role,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> String {
+    use geonex_shared::store::users::{TokenOwner, UserStore};
+    use secrecy::ExposeSecret;
+    let t = geonex_shared::auth::mint_token(geonex_shared::auth::TokenKind::Api);
+    store
+        .insert_token(t.token_id, &t.secret_hash, &TokenOwner::Service { name: name.to_owned() }, role, expires_at)
+        .await
+        .expect("insert token");
+    t.text.expose_secret().to_owned()
+}
+
 impl TestApp {
     pub async fn get(&self, path_and_query: &str) -> Reply {
         self.send(self.http.get(format!("{}{}", self.address, path_and_query))).await
     }
 
+    /// Sends with the administrator's token unless the request carries its own
+    /// Authorization header.
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
-        let resp = req.send().await.expect("request");
+        let mut req = req.build().expect("request");
+        if !req.headers().contains_key(reqwest::header::AUTHORIZATION) {
+            let v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.token)).unwrap();
+            req.headers_mut().insert(reqwest::header::AUTHORIZATION, v);
+        }
+        self.execute(req).await
+    }
+
+    /// Sends exactly as built: no token is added.
+    pub async fn send_anonymous(&self, req: reqwest::RequestBuilder) -> Reply {
+        self.execute(req.build().expect("request")).await
+    }
+
+    async fn execute(&self, req: reqwest::Request) -> Reply {
+        let resp = self.http.execute(req).await.expect("request");
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let text = resp.text().await.expect("body");

@@ -1,5 +1,6 @@
 //! End-to-end tests against real Postgres, RabbitMQ and moto (EC2).
 
+mod auth;
 mod describe;
 mod durability;
 mod helpers;

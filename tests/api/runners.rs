@@ -20,7 +20,7 @@ async fn start_runner_launches_a_tagged_instance_with_user_data_and_describe_sho
 
     let done = app.wait_command(&command_id, &["succeeded", "dead"]).await;
     assert_eq!(done["status"], "succeeded", "{done}");
-    assert_eq!(done["requested_by"], "anonymous");
+    assert_eq!(done["requested_by"], "service:test-admin");
 
     let instances = app.instances_of(&runner_id).await;
     assert_eq!(instances.len(), 1, "{instances:?}");

@@ -2,7 +2,7 @@
 //! Each validates every parameter, records the command and the runner's desired
 //! state in one transaction, publishes after commit, and answers 202.
 
-use axum::Json;
+use axum::{Extension, Json};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::params::Params;
 
@@ -85,6 +86,7 @@ pub(crate) fn trace_id(headers: &HeaderMap) -> String {
 
 async fn submit(
     app: &AppState,
+    caller: &Caller,
     headers: &HeaderMap,
     runner_id: RunnerId,
     request: RunnerRequest,
@@ -94,7 +96,7 @@ async fn submit(
         command_id: Uuid::now_v7(),
         runner_id,
         request,
-        requested_by: app.requester(headers),
+        requested_by: caller.label.clone(),
         idempotency_key,
         trace_id: trace_id(headers),
         max_attempts: app.max_attempts,
@@ -118,7 +120,7 @@ async fn submit(
     Ok(response)
 }
 
-#[utoipa::path(method(get, post), path = "/start-runner", tag = "runners",
+#[utoipa::path(method(get, post), path = "/start-runner", tag = "runners", security(("bearer" = [])),
     params(StartRunnerParams),
     request_body(content = StartRunnerParams, content_type = "application/json",
         description = "POST alternative to the query string"),
@@ -127,17 +129,22 @@ async fn submit(
         (status = 400, description = "A parameter is missing or malformed", body = ErrorBody),
         (status = 409, description = "The runner exists with other parameters, or was deleted", body = ErrorBody),
     ))]
-pub async fn start_runner(State(app): State<AppState>, headers: HeaderMap, params: Params) -> Result<Response, ApiError> {
+pub async fn start_runner(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Response, ApiError> {
     let instance_type = params.parse("instance_type", InstanceType::parse)?;
     app.instance_types.check(&instance_type)?;
     let image_name = params.parse("image_name", ImageRef::parse)?;
     let s3_output = params.parse("s3_output", S3Uri::parse)?;
     let runner_id = params.parse("runner_id", RunnerId::parse)?;
     let runner_name = params.parse("runner_name", RunnerName::parse)?;
-    submit(&app, &headers, runner_id, RunnerRequest::Start { instance_type, image_name, s3_output, runner_name }).await
+    submit(&app, &caller, &headers, runner_id, RunnerRequest::Start { instance_type, image_name, s3_output, runner_name }).await
 }
 
-#[utoipa::path(method(get, post), path = "/restart-runner", tag = "runners",
+#[utoipa::path(method(get, post), path = "/restart-runner", tag = "runners", security(("bearer" = [])),
     params(RestartRunnerParams),
     request_body(content = RestartRunnerParams, content_type = "application/json"),
     responses(
@@ -146,16 +153,21 @@ pub async fn start_runner(State(app): State<AppState>, headers: HeaderMap, param
         (status = 404, description = "Unknown runner", body = ErrorBody),
         (status = 409, description = "The instance is not the runner's, or the runner was deleted", body = ErrorBody),
     ))]
-pub async fn restart_runner(State(app): State<AppState>, headers: HeaderMap, params: Params) -> Result<Response, ApiError> {
+pub async fn restart_runner(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Response, ApiError> {
     let instance_id = params.parse("instance_id", InstanceId::parse)?;
     let image_name = params.parse("image_name", ImageRef::parse)?;
     let s3_output = params.parse("s3_output", S3Uri::parse)?;
     let runner_id = params.parse("runner_id", RunnerId::parse)?;
     let runner_name = params.parse("runner_name", RunnerName::parse)?;
-    submit(&app, &headers, runner_id, RunnerRequest::Restart { instance_id, image_name, s3_output, runner_name }).await
+    submit(&app, &caller, &headers, runner_id, RunnerRequest::Restart { instance_id, image_name, s3_output, runner_name }).await
 }
 
-#[utoipa::path(method(get, post), path = "/stop-runner", tag = "runners",
+#[utoipa::path(method(get, post), path = "/stop-runner", tag = "runners", security(("bearer" = [])),
     params(StopOrDeleteRunnerParams),
     request_body(content = StopOrDeleteRunnerParams, content_type = "application/json"),
     responses(
@@ -164,14 +176,19 @@ pub async fn restart_runner(State(app): State<AppState>, headers: HeaderMap, par
         (status = 404, description = "Unknown runner", body = ErrorBody),
         (status = 409, description = "The instance is not the runner's, or the runner was deleted", body = ErrorBody),
     ))]
-pub async fn stop_runner(State(app): State<AppState>, headers: HeaderMap, params: Params) -> Result<Response, ApiError> {
+pub async fn stop_runner(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Response, ApiError> {
     let instance_id = params.parse("instance_id", InstanceId::parse)?;
     let runner_id = params.parse("runner_id", RunnerId::parse)?;
     let runner_name = params.parse_opt("runner_name", RunnerName::parse)?;
-    submit(&app, &headers, runner_id, RunnerRequest::Stop { instance_id, runner_name }).await
+    submit(&app, &caller, &headers, runner_id, RunnerRequest::Stop { instance_id, runner_name }).await
 }
 
-#[utoipa::path(method(get, post), path = "/delete-runner", tag = "runners",
+#[utoipa::path(method(get, post), path = "/delete-runner", tag = "runners", security(("bearer" = [])),
     params(StopOrDeleteRunnerParams),
     request_body(content = StopOrDeleteRunnerParams, content_type = "application/json"),
     responses(
@@ -180,9 +197,14 @@ pub async fn stop_runner(State(app): State<AppState>, headers: HeaderMap, params
         (status = 404, description = "Unknown runner", body = ErrorBody),
         (status = 409, description = "The instance is not the runner's, or the runner was deleted", body = ErrorBody),
     ))]
-pub async fn delete_runner(State(app): State<AppState>, headers: HeaderMap, params: Params) -> Result<Response, ApiError> {
+pub async fn delete_runner(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Response, ApiError> {
     let instance_id = params.parse("instance_id", InstanceId::parse)?;
     let runner_id = params.parse("runner_id", RunnerId::parse)?;
     let runner_name = params.parse_opt("runner_name", RunnerName::parse)?;
-    submit(&app, &headers, runner_id, RunnerRequest::Delete { instance_id, runner_name }).await
+    submit(&app, &caller, &headers, runner_id, RunnerRequest::Delete { instance_id, runner_name }).await
 }

@@ -6,6 +6,7 @@
 
 mod plan;
 pub mod postgres;
+pub mod users;
 
 use std::time::Duration;
 

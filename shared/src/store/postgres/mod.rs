@@ -1,6 +1,8 @@
 //! Postgres adapter of the store port (sqlx). Queries are checked at run time:
 //! the same statements are exercised by the integration tests against a real server.
 
+mod users;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
