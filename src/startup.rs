@@ -12,12 +12,14 @@ use geonex_shared::config::Settings;
 use geonex_shared::dispatch::Dispatcher;
 use geonex_shared::domain::InstanceTypePolicy;
 use geonex_shared::queue::Queue;
+use geonex_shared::queue::local::LocalQueue;
 use geonex_shared::queue::rabbitmq::{RabbitQueue, Topology};
 use geonex_shared::store::Store;
 use geonex_shared::store::postgres::PgStore;
 use geonex_shared::store::users::UserStore;
 use geonex_worker::cloud::Cloud;
 use geonex_worker::cloud::ec2::Ec2Cloud;
+use geonex_worker::cloud::sim::SimCloud;
 use geonex_worker::consumer::Worker;
 use geonex_worker::relay::Relay;
 use geonex_worker::runner::RunnerHandler;
@@ -53,7 +55,9 @@ pub struct Ports {
 }
 
 impl Ports {
-    pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
+    /// Connects every port. `role` decides whether an in-process queue is allowed
+    /// (only when one process runs both the API and the workers).
+    pub async fn connect_for(settings: &Settings, role: Role) -> anyhow::Result<Self> {
         let Some(db_url) = settings.database_url() else {
             bail!("GEONEX_DATABASE_URL is not set: give a postgres:// URL");
         };
@@ -65,21 +69,65 @@ impl Ports {
         .await
         .context("connecting to the database")?;
         store.migrate().await.context("migrating the database")?;
-        let Some(amqp_url) = settings.amqp_url() else {
-            bail!("GEONEX_AMQP_URL is not set: give an amqp:// URL");
-        };
-        let topology =
-            Topology { prefix: settings.queue.prefix.clone(), queue_expires_ms: settings.queue.queue_expires_ms };
-        let queue = RabbitQueue::new(amqp_url, topology, Duration::from_millis(settings.queue.publish_timeout_ms));
         let store = Arc::new(store);
-        Ok(Self { store: store.clone(), users: store, queue: Arc::new(queue) })
+        let queue: Arc<dyn Queue> = match settings.amqp_url() {
+            Some(amqp_url) => {
+                let topology = Topology {
+                    prefix: settings.queue.prefix.clone(),
+                    queue_expires_ms: settings.queue.queue_expires_ms,
+                };
+                Arc::new(RabbitQueue::new(amqp_url, topology, Duration::from_millis(settings.queue.publish_timeout_ms)))
+            }
+            None if role == Role::Serve => {
+                // The in-memory queue starts empty: resume everything unfinished.
+                let resumed = store.recover_unfinished().await.context("recovering unfinished commands")?;
+                if resumed > 0 {
+                    tracing::info!(resumed, "resuming unfinished commands");
+                }
+                Arc::new(LocalQueue::new())
+            }
+            None => bail!("GEONEX_AMQP_URL is not set: separate API and worker processes need a broker"),
+        };
+        Ok(Self { store: store.clone(), users: store, queue })
+    }
+
+    /// Connects for one-shot commands (migrate, replay, user and token management).
+    pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
+        Self::connect_for(settings, Role::Api).await
     }
 }
 
+/// Whether anything points at AWS (or an emulator of it).
+fn aws_configured(settings: &Settings) -> bool {
+    const AWS_VARS: &[&str] = &[
+        "AWS_ACCESS_KEY_ID",
+        "AWS_PROFILE",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    ];
+    settings.ec2.endpoint_url.is_some()
+        || settings.ec2.region.is_some()
+        || AWS_VARS.iter().any(|v| std::env::var_os(v).is_some())
+}
+
 pub async fn build_cloud(settings: &Settings) -> anyhow::Result<Arc<dyn Cloud>> {
+    let sim = || -> anyhow::Result<Arc<dyn Cloud>> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
+        let file = settings.data_dir.join("sim-cloud.json");
+        tracing::warn!(state = %file.display(), "using the SIMULATED cloud: no real instances will be launched");
+        Ok(Arc::new(SimCloud::open(Some(file), settings.sim.clone()).map_err(anyhow::Error::msg)?))
+    };
     match settings.cloud.as_deref() {
-        None | Some("aws") => Ok(Arc::new(Ec2Cloud::new(settings.ec2.clone()).await)),
-        Some(other) => bail!("GEONEX_CLOUD={other} is not supported (use aws)"),
+        Some("aws") => Ok(Arc::new(Ec2Cloud::new(settings.ec2.clone()).await)),
+        Some("sim") => sim(),
+        None if aws_configured(settings) => Ok(Arc::new(Ec2Cloud::new(settings.ec2.clone()).await)),
+        None => sim(),
+        Some(other) => bail!("GEONEX_CLOUD={other} is not supported (use aws or sim)"),
     }
 }
 
@@ -101,7 +149,7 @@ impl Application {
     /// Builds with a cloud adapter made by the caller.
     pub async fn build_with_cloud(settings: Settings, role: Role, cloud: Arc<dyn Cloud>) -> anyhow::Result<Self> {
         let shutdown = CancellationToken::new();
-        let ports = Ports::connect(&settings).await?;
+        let ports = Ports::connect_for(&settings, role).await?;
         let dispatcher = Dispatcher::start(ports.store.clone(), ports.queue.clone(), shutdown.clone());
         let summary = format!(
             "store: postgres; queue: {}; cloud: {}",

@@ -32,7 +32,8 @@ pub struct Settings {
     /// RabbitMQ URL (`amqp://…`, `amqps://…`).
     #[serde(serialize_with = "redact")]
     pub amqp_url: Option<SecretString>,
-    /// `aws` for EC2 through the AWS SDK.
+    /// `aws` (EC2 through the AWS SDK) or `sim` (the simulated cloud). Unset: `aws`
+    /// when any AWS or EC2 endpoint setting is present, `sim` otherwise.
     pub cloud: Option<String>,
     pub data_dir: PathBuf,
     pub database: DatabaseSettings,
@@ -40,6 +41,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub relay: RelaySettings,
     pub ec2: Ec2Settings,
+    pub sim: SimSettings,
     pub api: ApiSettings,
     pub auth: AuthSettings,
     pub log: LogSettings,
@@ -58,6 +60,7 @@ impl Default for Settings {
             worker: WorkerSettings::default(),
             relay: RelaySettings::default(),
             ec2: Ec2Settings::default(),
+            sim: SimSettings::default(),
             api: ApiSettings::default(),
             auth: AuthSettings::default(),
             log: LogSettings::default(),
@@ -192,6 +195,30 @@ impl Default for Ec2Settings {
                 .collect(),
             user_data_template: None,
         }
+    }
+}
+
+/// The simulated cloud: timings and injected faults.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct SimSettings {
+    /// Time an instance spends `pending` before it is `running`.
+    pub boot_delay_ms: u64,
+    /// Time spent `stopping` or `shutting-down`.
+    pub stop_delay_ms: u64,
+    /// Added to every call.
+    pub latency_ms: u64,
+    /// Probability (0–1) of an internal error on any call.
+    pub error_rate: f64,
+    /// Probability of a throttling error on any call.
+    pub throttle_rate: f64,
+    /// Probability of an insufficient-capacity error on a launch.
+    pub capacity_error_rate: f64,
+}
+
+impl Default for SimSettings {
+    fn default() -> Self {
+        Self { boot_delay_ms: 2_000, stop_delay_ms: 1_000, latency_ms: 0, error_rate: 0.0, throttle_rate: 0.0, capacity_error_rate: 0.0 }
     }
 }
 

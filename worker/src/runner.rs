@@ -137,7 +137,8 @@ impl RunnerHandler {
         loop {
             match self.cloud.describe(instance_id).await? {
                 Some(i) if i.state == target => return Ok(()),
-                Some(i) if i.state.is_gone() => {
+                None if target == ObservedState::Terminated => return Ok(()),
+                Some(i) if i.state.is_gone() && target != ObservedState::Terminated => {
                     return Err(HandlerError::retryable(format!("instance {instance_id} is {}", i.state.as_str())));
                 }
                 None => return Err(HandlerError::retryable(format!("instance {instance_id} vanished"))),
@@ -160,10 +161,12 @@ impl RunnerHandler {
                     self.wait_until(&i.instance_id, ObservedState::Stopped).await?;
                     self.cloud.start(&i.instance_id).await?;
                 }
+                self.wait_until(&i.instance_id, ObservedState::Running).await?;
                 self.observe(&i.instance_id, json!({ "instance_id": i.instance_id, "adopted": true })).await
             }
             None => {
                 let i = self.launch(cmd, runner).await?;
+                self.wait_until(&i.instance_id, ObservedState::Running).await?;
                 self.observe(&i.instance_id, json!({ "instance_id": i.instance_id, "adopted": false })).await
             }
         }
@@ -173,6 +176,7 @@ impl RunnerHandler {
         let Some(i) = self.live_instance(runner).await? else {
             // Terminated (or never launched): a fresh instance with the new parameters.
             let i = self.launch(cmd, runner).await?;
+            self.wait_until(&i.instance_id, ObservedState::Running).await?;
             return self
                 .observe(&i.instance_id, json!({ "instance_id": i.instance_id, "replaced": runner.instance_id }))
                 .await;
@@ -187,6 +191,7 @@ impl RunnerHandler {
         self.wait_until(&i.instance_id, ObservedState::Stopped).await?;
         self.cloud.set_user_data(&i.instance_id, &user_data).await?;
         self.cloud.start(&i.instance_id).await?;
+        self.wait_until(&i.instance_id, ObservedState::Running).await?;
         self.observe(&i.instance_id, json!({ "instance_id": i.instance_id })).await
     }
 
@@ -200,6 +205,7 @@ impl RunnerHandler {
             }
             self.cloud.stop(&i.instance_id).await?;
         }
+        self.wait_until(&i.instance_id, ObservedState::Stopped).await?;
         self.observe(&i.instance_id, json!({ "instance_id": i.instance_id })).await
     }
 
@@ -212,6 +218,7 @@ impl RunnerHandler {
             ));
         };
         self.cloud.terminate(&i.instance_id).await?;
+        self.wait_until(&i.instance_id, ObservedState::Terminated).await?;
         self.observe(&i.instance_id, json!({ "instance_id": i.instance_id })).await
     }
 }

@@ -2,6 +2,7 @@
 //! queue) and consuming them with explicit acknowledgement. RabbitMQ is the
 //! production adapter (`rabbitmq.rs`).
 
+pub mod local;
 pub mod rabbitmq;
 
 use std::time::Duration;

@@ -274,6 +274,12 @@ pub trait Store: Send + Sync + 'static {
         runner_state: Option<ObservedState>,
     ) -> Result<(), StoreError>;
 
+    /// At the start of a single-process deployment with an in-memory queue: every
+    /// unfinished command is marked unpublished (so the relay publishes it again),
+    /// and commands left `running` by the previous process are rescued at once.
+    /// Returns how many commands will be resumed.
+    async fn recover_unfinished(&self) -> Result<u64, StoreError>;
+
     /// Moves dead commands back to `queued` (attempts reset) for re-publishing.
     async fn replay(&self, selector: ReplaySelector) -> Result<Replayed, StoreError>;
 }

@@ -6,6 +6,7 @@
 //! launched before launching again.
 
 pub mod ec2;
+pub mod sim;
 
 use std::collections::HashMap;
 

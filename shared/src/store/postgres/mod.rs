@@ -486,6 +486,27 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn recover_unfinished(&self) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "update command set \
+               status = case when attempts >= max_attempts then 'dead' else 'retrying' end, \
+               finished_at = case when attempts >= max_attempts then now() end, \
+               next_attempt_at = case when attempts >= max_attempts then null else now() end, \
+               last_error = 'interrupted by a restart' || coalesce('; previous: ' || last_error, ''), \
+               lease_until = null \
+             where status = 'running'",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let resumed = sqlx::query("update command set published_at = null where status in ('queued', 'retrying')")
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(resumed)
+    }
+
     async fn replay(&self, selector: ReplaySelector) -> Result<Replayed, StoreError> {
         let mut tx = self.pool.begin().await?;
         let (action, id) = match &selector {
