@@ -3,6 +3,7 @@
 mod auth;
 mod describe;
 mod durability;
+mod embedded;
 mod helpers;
 mod proxy;
 mod runners;

@@ -1,0 +1,181 @@
+//! One `geonex serve` process with the in-process queue and the simulated cloud:
+//! the runner lifecycle, and a kill -9 in the middle of a batch.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use geonex_shared::domain::Role;
+use geonex_shared::store::Store;
+use geonex_shared::store::postgres::PgStore;
+use serde_json::Value;
+use tokio::io::AsyncBufReadExt;
+
+use crate::helpers::{Deployment, TestConfig, service_token, unique};
+
+struct Server {
+    child: tokio::process::Child,
+    address: String,
+}
+
+/// Starts `geonex serve` with no broker and the simulated cloud keeping its state in `data_dir`.
+async fn serve(deployment: &Deployment, data_dir: &Path) -> Server {
+    let mut cmd = deployment.command(&["serve"]);
+    cmd.env_remove("GEONEX_AMQP_URL")
+        .env_remove("GEONEX_EC2__ENDPOINT_URL")
+        .env_remove("GEONEX_EC2__REGION")
+        .env("GEONEX_CLOUD", "sim")
+        .env("GEONEX_DATA_DIR", data_dir)
+        .env("GEONEX_SIM__BOOT_DELAY_MS", "300")
+        .env("GEONEX_SIM__STOP_DELAY_MS", "100")
+        .env("GEONEX_SIM__LATENCY_MS", "40")
+        .env("GEONEX_LOG__FILTER", "info")
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn geonex serve");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // Keep draining the log so the server never blocks on a full pipe.
+    tokio::spawn(async move {
+        let mut tx = Some(tx);
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("API listening")
+                && let Ok(v) = serde_json::from_str::<Value>(&line)
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(v["url"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let address = tokio::time::timeout(Duration::from_secs(60), rx).await.expect("server started").unwrap();
+    Server { child, address }
+}
+
+async fn call(http: &reqwest::Client, token: &str, url: String) -> (u16, Value) {
+    let r = http.get(url).bearer_auth(token).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn wait_done(http: &reqwest::Client, token: &str, address: &str, command_id: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, c) = call(http, token, format!("{address}/describe-command?command_id={command_id}")).await;
+        if matches!(c["status"].as_str(), Some("succeeded" | "dead")) {
+            return c;
+        }
+        assert!(std::time::Instant::now() < deadline, "command {command_id} did not finish: {c}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn data_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(unique("geonex-embedded"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Instances in the simulated cloud's saved state, by runner id.
+fn sim_instances(dir: &Path) -> Vec<(String, String)> {
+    let state: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("sim-cloud.json")).unwrap()).unwrap();
+    state["instances"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|i| (i["tags"]["geonex:runner-id"].as_str().unwrap().to_owned(), i["instance_id"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn one_process_with_the_in_process_queue_and_the_simulated_cloud_runs_the_runner_lifecycle() {
+    let deployment = Deployment::new(&TestConfig::default()).await;
+    let store = PgStore::connect(&deployment.db.url, 2, Duration::from_secs(5)).await.unwrap();
+    store.migrate().await.unwrap();
+    let token = service_token(&store, "embedded", Role::Admin, None).await;
+    let dir = data_dir();
+    let mut server = serve(&deployment, &dir).await;
+    let http = reqwest::Client::new();
+    let a = &server.address;
+
+    let (status, ready) = call(&http, &token, format!("{a}/readyz")).await;
+    assert_eq!(status, 200, "{ready}");
+    assert!(ready["cloud"].as_str().unwrap().contains("SIMULATED"), "{ready}");
+    assert_eq!(ready["broker"]["kind"], "in-process queue");
+
+    let runner = unique("sim");
+    let (status, r) = call(&http, &token, format!(
+        "{a}/start-runner?instance_type=m5d.large&image_name=geonex/fire:1&s3_output=s3://geonex/o&runner_id={runner}&runner_name=P"
+    ))
+    .await;
+    assert_eq!(status, 202, "{r}");
+    assert_eq!(wait_done(&http, &token, a, r["command_id"].as_str().unwrap()).await["status"], "succeeded");
+    let (_, runners) = call(&http, &token, format!("{a}/describe-runners?runner_id={runner}")).await;
+    let instance = runners["runners"][0]["instance_id"].as_str().unwrap().to_owned();
+    assert_eq!(runners["runners"][0]["observed_state"], "running");
+
+    for (path, expect) in [
+        (format!("stop-runner?instance_id={instance}&runner_id={runner}"), "stopped"),
+        (format!("restart-runner?instance_id={instance}&image_name=geonex/fire:2&s3_output=s3://geonex/o&runner_id={runner}&runner_name=P"), "running"),
+        (format!("delete-runner?instance_id={instance}&runner_id={runner}"), "terminated"),
+    ] {
+        let (status, r) = call(&http, &token, format!("{a}/{path}")).await;
+        assert_eq!(status, 202, "{path}: {r}");
+        let done = wait_done(&http, &token, a, r["command_id"].as_str().unwrap()).await;
+        assert_eq!(done["status"], "succeeded", "{path}: {done}");
+        let (_, runners) = call(&http, &token, format!("{a}/describe-runners?runner_id={runner}")).await;
+        assert_eq!(runners["runners"][0]["observed_state"], expect, "{path}");
+    }
+    assert_eq!(sim_instances(&dir).len(), 1);
+    server.child.kill().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_server_killed_mid_batch_completes_every_accepted_command_after_restart_with_one_instance_each() {
+    let deployment = Deployment::new(&TestConfig::default()).await;
+    let store = PgStore::connect(&deployment.db.url, 2, Duration::from_secs(5)).await.unwrap();
+    store.migrate().await.unwrap();
+    let token = service_token(&store, "embedded", Role::Admin, None).await;
+    let dir = data_dir();
+    let mut server = serve(&deployment, &dir).await;
+    let http = reqwest::Client::new();
+
+    let mut accepted = Vec::new();
+    for i in 0..15 {
+        let runner = unique(&format!("batch{i}"));
+        let (status, r) = call(&http, &token, format!(
+            "{}/start-runner?instance_type=m5d.large&image_name=geonex/fire:1&s3_output=s3://geonex/o&runner_id={runner}&runner_name=P",
+            server.address
+        ))
+        .await;
+        assert_eq!(status, 202, "{r}");
+        accepted.push((runner, r["command_id"].as_str().unwrap().to_owned()));
+    }
+    // kill -9: no graceful shutdown, work in flight.
+    server.child.kill().await.unwrap();
+    let before: Vec<String> = {
+        let mut v = Vec::new();
+        for (_, id) in &accepted {
+            let row: (String,) = sqlx::query_as("select status from command where command_id = $1::uuid")
+                .bind(id)
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+            v.push(row.0);
+        }
+        v
+    };
+    assert!(before.iter().any(|s| s != "succeeded"), "the kill should interrupt the batch: {before:?}");
+
+    let mut server = serve(&deployment, &dir).await;
+    for (runner, id) in &accepted {
+        let done = wait_done(&http, &token, &server.address, id).await;
+        assert_eq!(done["status"], "succeeded", "{runner}: {done}");
+    }
+    let instances = sim_instances(&dir);
+    for (runner, _) in &accepted {
+        let n = instances.iter().filter(|(r, _)| r == runner).count();
+        assert_eq!(n, 1, "runner {runner} has {n} simulated instances");
+    }
+    server.child.kill().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
