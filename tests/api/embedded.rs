@@ -68,10 +68,15 @@ async fn wait_done(http: &reqwest::Client, token: &str, address: &str, command_i
     }
 }
 
-fn data_dir() -> PathBuf {
+/// A deployment (its database migrated), an admin token and a fresh data directory.
+async fn setup() -> (Deployment, PgStore, String, PathBuf) {
+    let deployment = Deployment::new(&TestConfig::default()).await;
+    let store = PgStore::connect(&deployment.db.url, 2, Duration::from_secs(5)).await.unwrap();
+    store.migrate().await.unwrap();
+    let token = service_token(&store, "embedded", Role::Admin, None).await;
     let dir = std::env::temp_dir().join(unique("geonex-embedded"));
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    (deployment, store, token, dir)
 }
 
 /// Instances in the simulated cloud's saved state, by runner id.
@@ -87,11 +92,7 @@ fn sim_instances(dir: &Path) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn one_process_with_the_in_process_queue_and_the_simulated_cloud_runs_the_runner_lifecycle() {
-    let deployment = Deployment::new(&TestConfig::default()).await;
-    let store = PgStore::connect(&deployment.db.url, 2, Duration::from_secs(5)).await.unwrap();
-    store.migrate().await.unwrap();
-    let token = service_token(&store, "embedded", Role::Admin, None).await;
-    let dir = data_dir();
+    let (deployment, _store, token, dir) = setup().await;
     let mut server = serve(&deployment, &dir).await;
     let http = reqwest::Client::new();
     let a = &server.address;
@@ -131,11 +132,7 @@ async fn one_process_with_the_in_process_queue_and_the_simulated_cloud_runs_the_
 
 #[tokio::test]
 async fn a_server_killed_mid_batch_completes_every_accepted_command_after_restart_with_one_instance_each() {
-    let deployment = Deployment::new(&TestConfig::default()).await;
-    let store = PgStore::connect(&deployment.db.url, 2, Duration::from_secs(5)).await.unwrap();
-    store.migrate().await.unwrap();
-    let token = service_token(&store, "embedded", Role::Admin, None).await;
-    let dir = data_dir();
+    let (deployment, store, token, dir) = setup().await;
     let mut server = serve(&deployment, &dir).await;
     let http = reqwest::Client::new();
 

@@ -22,15 +22,8 @@ use serde::{Deserialize, Serialize};
 use super::{Cloud, CloudError, InstanceInfo, LaunchSpec, TAG_COMMAND_ID, TAG_RUNNER_ID, TAG_RUNNER_NAME};
 use crate::retry::ErrorClass;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-enum Phase {
-    Pending,
-    Running,
-    Stopping,
-    Stopped,
-    ShuttingDown,
-    Terminated,
-}
+/// An instance's phase is the EC2 state it shows (never `requested` or `failed`).
+type Phase = ObservedState;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SimInstance {
@@ -72,15 +65,7 @@ impl SimInstance {
     }
 
     fn info(&self) -> InstanceInfo {
-        let state = match self.phase {
-            Phase::Pending => ObservedState::Pending,
-            Phase::Running => ObservedState::Running,
-            Phase::Stopping => ObservedState::Stopping,
-            Phase::Stopped => ObservedState::Stopped,
-            Phase::ShuttingDown => ObservedState::ShuttingDown,
-            Phase::Terminated => ObservedState::Terminated,
-        };
-        InstanceInfo { instance_id: self.instance_id.clone(), state, tags: self.tags.clone() }
+        InstanceInfo { instance_id: self.instance_id.clone(), state: self.phase, tags: self.tags.clone() }
     }
 }
 
@@ -227,7 +212,7 @@ impl Cloud for SimCloud {
             }
             Phase::Pending | Phase::Running => Ok(()),
             Phase::Stopping => Err(error(ErrorClass::Retryable, "IncorrectInstanceState", "instance is stopping")),
-            Phase::ShuttingDown | Phase::Terminated => {
+            Phase::ShuttingDown | Phase::Terminated | Phase::Requested | Phase::Failed => {
                 Err(error(ErrorClass::Permanent, "IncorrectInstanceState", "instance is terminated"))
             }
         })
@@ -243,7 +228,7 @@ impl Cloud for SimCloud {
             }
             Phase::Stopping | Phase::Stopped => Ok(()),
             Phase::Pending => Err(error(ErrorClass::Retryable, "IncorrectInstanceState", "instance is pending")),
-            Phase::ShuttingDown | Phase::Terminated => {
+            Phase::ShuttingDown | Phase::Terminated | Phase::Requested | Phase::Failed => {
                 Err(error(ErrorClass::Permanent, "IncorrectInstanceState", "instance is terminated"))
             }
         })
