@@ -16,6 +16,8 @@ use crate::helpers::{Deployment, TestConfig, service_token, unique};
 struct Server {
     child: tokio::process::Child,
     address: String,
+    /// Every log line so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// Starts `geonex serve` with no broker and the simulated cloud keeping its state in `data_dir`.
@@ -34,10 +36,13 @@ async fn serve(deployment: &Deployment, data_dir: &Path) -> Server {
     let mut child = cmd.spawn().expect("spawn geonex serve");
     let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = log.clone();
     // Keep draining the log so the server never blocks on a full pipe.
     tokio::spawn(async move {
         let mut tx = Some(tx);
         while let Ok(Some(line)) = lines.next_line().await {
+            sink.lock().unwrap().push(line.clone());
             if line.contains("API listening")
                 && let Ok(v) = serde_json::from_str::<Value>(&line)
                 && let Some(tx) = tx.take()
@@ -47,7 +52,7 @@ async fn serve(deployment: &Deployment, data_dir: &Path) -> Server {
         }
     });
     let address = tokio::time::timeout(Duration::from_secs(60), rx).await.expect("server started").unwrap();
-    Server { child, address }
+    Server { child, address, log }
 }
 
 async fn call(http: &reqwest::Client, token: &str, url: String) -> (u16, Value) {
@@ -126,6 +131,29 @@ async fn one_process_with_the_in_process_queue_and_the_simulated_cloud_runs_the_
         assert_eq!(runners["runners"][0]["observed_state"], expect, "{path}");
     }
     assert_eq!(sim_instances(&dir).len(), 1);
+
+    // The request id of the HTTP call follows the command into the worker's log.
+    let runner = unique("traced");
+    let r = http
+        .get(format!(
+            "{a}/start-runner?instance_type=m5d.large&image_name=geonex/fire:1&s3_output=s3://geonex/o&runner_id={runner}&runner_name=P"
+        ))
+        .bearer_auth(&token)
+        .header("x-request-id", "trace-4d2c9e")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "trace-4d2c9e");
+    let r: Value = r.json().await.unwrap();
+    wait_done(&http, &token, a, r["command_id"].as_str().unwrap()).await;
+    let log = server.log.lock().unwrap().clone();
+    let worker_lines: Vec<Value> = log
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["span"]["trace_id"] == "trace-4d2c9e")
+        .collect();
+    assert!(worker_lines.iter().any(|v| v["message"] == "command succeeded"), "{log:#?}");
+    assert!(worker_lines.iter().all(|v| v["span"]["command_id"] == r["command_id"]));
     server.child.kill().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
