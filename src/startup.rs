@@ -16,11 +16,13 @@ use geonex_shared::queue::local::LocalQueue;
 use geonex_shared::queue::rabbitmq::{RabbitQueue, Topology};
 use geonex_shared::store::Store;
 use geonex_shared::store::postgres::PgStore;
+use geonex_shared::store::fleet::FleetStore;
 use geonex_shared::store::users::UserStore;
 use geonex_worker::cloud::Cloud;
 use geonex_worker::cloud::ec2::Ec2Cloud;
 use geonex_worker::cloud::sim::SimCloud;
 use geonex_worker::consumer::Worker;
+use geonex_worker::reconcile::Reconciler;
 use geonex_worker::relay::Relay;
 use geonex_worker::runner::RunnerHandler;
 use geonex_worker::user_data::UserDataTemplate;
@@ -51,6 +53,7 @@ impl Role {
 pub struct Ports {
     pub store: Arc<dyn Store>,
     pub users: Arc<dyn UserStore>,
+    pub fleet: Arc<dyn FleetStore>,
     pub queue: Arc<dyn Queue>,
 }
 
@@ -88,7 +91,7 @@ impl Ports {
             }
             None => bail!("GEONEX_AMQP_URL is not set: separate API and worker processes need a broker"),
         };
-        Ok(Self { store: store.clone(), users: store, queue })
+        Ok(Self { store: store.clone(), users: store.clone(), fleet: store, queue })
     }
 
     /// Connects for one-shot commands (migrate, replay, user and token management).
@@ -135,7 +138,7 @@ pub struct Application {
     listener: Option<TcpListener>,
     port: u16,
     router: Option<axum::Router>,
-    worker: Option<(Worker, Relay)>,
+    worker: Option<(Worker, Relay, Reconciler)>,
     shutdown: CancellationToken,
     summary: String,
 }
@@ -174,7 +177,8 @@ impl Application {
                 settings.queue.prefetch,
             );
             let relay = Relay::new(ports.store.clone(), dispatcher.clone(), settings.relay.clone());
-            Some((worker, relay))
+            let reconciler = Reconciler::new(cloud.clone(), ports.fleet.clone(), settings.reconcile.clone());
+            Some((worker, relay, reconciler))
         } else {
             None
         };
@@ -186,6 +190,7 @@ impl Application {
             let state = AppState {
                 store: ports.store.clone(),
                 users: ports.users.clone(),
+                fleet: ports.fleet.clone(),
                 dispatcher: dispatcher.clone(),
                 instance_types: InstanceTypePolicy::new(settings.ec2.allowed_instance_types.clone()),
                 settings: settings.api.clone(),
@@ -219,9 +224,10 @@ impl Application {
 
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let mut tasks = tokio::task::JoinSet::new();
-        if let Some((worker, relay)) = self.worker {
+        if let Some((worker, relay, reconciler)) = self.worker {
             tasks.spawn(worker.run(self.shutdown.clone()));
             tasks.spawn(relay.run(self.shutdown.clone()));
+            tasks.spawn(reconciler.run(self.shutdown.clone()));
         }
         if let (Some(listener), Some(router)) = (self.listener, self.router) {
             let shutdown = self.shutdown.clone();

@@ -20,6 +20,7 @@ use geonex_shared::config::{ApiSettings, AuthSettings};
 use geonex_shared::dispatch::Dispatcher;
 use geonex_shared::domain::{InstanceTypePolicy, Role};
 use geonex_shared::store::Store;
+use geonex_shared::store::fleet::FleetStore;
 use geonex_shared::store::users::UserStore;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -37,6 +38,7 @@ use crate::routes::{describe, ops, runners, users};
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub users: Arc<dyn UserStore>,
+    pub fleet: Arc<dyn FleetStore>,
     pub dispatcher: Dispatcher,
     pub instance_types: InstanceTypePolicy,
     pub settings: ApiSettings,
@@ -52,7 +54,7 @@ pub struct AppState {
     info(title = "GeoNEX-core", description = "Control plane of the GEONEX dashboard: real-time runners on EC2."),
     paths(
         runners::start_runner, runners::restart_runner, runners::stop_runner, runners::delete_runner,
-        describe::describe_runners, describe::describe_commands, describe::describe_command,
+        describe::describe_runners, describe::describe_commands, describe::describe_command, describe::describe_orphans,
         users::register_user, users::describe_users, users::login, users::logout,
         ops::replay_command, ops::healthz, ops::readyz, ops::openapi,
     ),
@@ -99,6 +101,7 @@ pub fn routes() -> Vec<RouteSpec> {
         route("/describe-runners", &["GET"], user, get(describe::describe_runners)),
         route("/describe-commands", &["GET"], operator, get(describe::describe_commands)),
         route("/describe-command", &["GET"], operator, get(describe::describe_command)),
+        route("/describe-orphans", &["GET"], operator, get(describe::describe_orphans)),
         route("/replay-command", &["POST"], admin, post(ops::replay_command)),
         route("/register-user", &["POST"], Registration, post(users::register_user)),
         route("/describe-users", &["GET"], admin, get(users::describe_users)),

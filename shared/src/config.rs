@@ -42,6 +42,7 @@ pub struct Settings {
     pub relay: RelaySettings,
     pub ec2: Ec2Settings,
     pub sim: SimSettings,
+    pub reconcile: ReconcileSettings,
     pub api: ApiSettings,
     pub auth: AuthSettings,
     pub log: LogSettings,
@@ -61,6 +62,7 @@ impl Default for Settings {
             relay: RelaySettings::default(),
             ec2: Ec2Settings::default(),
             sim: SimSettings::default(),
+            reconcile: ReconcileSettings::default(),
             api: ApiSettings::default(),
             auth: AuthSettings::default(),
             log: LogSettings::default(),
@@ -168,6 +170,9 @@ pub struct Ec2Settings {
     /// Overrides the AWS endpoint for EC2 (an emulator); `AWS_ENDPOINT_URL` also works.
     pub endpoint_url: Option<String>,
     pub region: Option<String>,
+    /// Tags this deployment's instances (`geonex:fleet`); sweeps and the orphan
+    /// reaper only look at instances of their own fleet.
+    pub fleet: String,
     pub ami_id: String,
     pub subnet_id: Option<String>,
     pub security_group_ids: Vec<String>,
@@ -184,6 +189,7 @@ impl Default for Ec2Settings {
         Self {
             endpoint_url: None,
             region: None,
+            fleet: "geonex".into(),
             ami_id: "ami-03cf127a".into(),
             subnet_id: None,
             security_group_ids: Vec::new(),
@@ -195,6 +201,25 @@ impl Default for Ec2Settings {
                 .collect(),
             user_data_template: None,
         }
+    }
+}
+
+/// The sweep that keeps runners' observed state true to the cloud, and the orphan
+/// reaper.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ReconcileSettings {
+    /// How often the worker compares runners with the cloud (0 disables the sweep).
+    pub interval_secs: u64,
+    /// Terminate instances of this fleet that belong to no live runner.
+    pub reap_orphans: bool,
+    /// How long an orphan must have been seen before it may be terminated.
+    pub orphan_grace_secs: u64,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        Self { interval_secs: 60, reap_orphans: false, orphan_grace_secs: 3_600 }
     }
 }
 

@@ -116,11 +116,13 @@ pub struct Deployment {
 impl Deployment {
     pub async fn new(config: &TestConfig) -> Self {
         let db = TestDatabase::create().await;
+        let prefix = unique("geonex-test");
         let mut env: Vec<(String, String)> = [
             ("GEONEX_LISTEN", "127.0.0.1:0".to_owned()),
             ("GEONEX_DATABASE_URL", db.url.clone()),
             ("GEONEX_AMQP_URL", config.amqp_url.clone()),
-            ("GEONEX_QUEUE__PREFIX", unique("geonex-test")),
+            ("GEONEX_QUEUE__PREFIX", prefix.clone()),
+            ("GEONEX_EC2__FLEET", prefix.clone()),
             ("GEONEX_QUEUE__QUEUE_EXPIRES_MS", "60000".into()),
             ("GEONEX_QUEUE__PUBLISH_TIMEOUT_MS", "1000".into()),
             ("GEONEX_EC2__ENDPOINT_URL", moto_url()),

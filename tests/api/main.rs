@@ -6,5 +6,6 @@ mod durability;
 mod embedded;
 mod helpers;
 mod proxy;
+mod reconcile;
 mod runners;
 mod validation;

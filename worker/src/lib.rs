@@ -6,6 +6,7 @@ pub mod cloud;
 pub mod consumer;
 pub mod failpoint;
 pub mod handler;
+pub mod reconcile;
 pub mod relay;
 pub mod retry;
 pub mod runner;

@@ -169,3 +169,16 @@ pub async fn describe_command(State(app): State<AppState>, params: Params) -> Re
         None => Err(ApiError::not_found(&format!("command {id}"), "command_id")),
     }
 }
+
+#[derive(Serialize, ToSchema)]
+pub struct OrphanList {
+    pub orphans: Vec<geonex_shared::store::fleet::OrphanRecord>,
+}
+
+#[utoipa::path(get, path = "/describe-orphans", tag = "runners", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Instances of this fleet that belong to no live runner, as the last sweep saw them", body = OrphanList),
+    ))]
+pub async fn describe_orphans(State(app): State<AppState>) -> Result<Json<OrphanList>, ApiError> {
+    Ok(Json(OrphanList { orphans: app.fleet.list_orphans().await? }))
+}

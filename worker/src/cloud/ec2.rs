@@ -14,7 +14,7 @@ use base64::Engine;
 use geonex_shared::config::Ec2Settings;
 use geonex_shared::domain::ObservedState;
 
-use super::{Cloud, CloudError, InstanceInfo, LaunchSpec, TAG_COMMAND_ID, TAG_RUNNER_ID, TAG_RUNNER_NAME};
+use super::{Cloud, CloudError, InstanceInfo, LaunchSpec, TAG_COMMAND_ID, TAG_FLEET, TAG_RUNNER_ID, TAG_RUNNER_NAME};
 use crate::retry::ErrorClass;
 
 pub struct Ec2Cloud {
@@ -129,7 +129,19 @@ fn info(i: &Instance) -> Option<InstanceInfo> {
             .iter()
             .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
             .collect::<HashMap<_, _>>(),
+        launched_at: i.launch_time().and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
     })
+}
+
+fn live_states() -> Filter {
+    Filter::builder()
+        .name("instance-state-name")
+        .values("pending")
+        .values("running")
+        .values("stopping")
+        .values("stopped")
+        .values("shutting-down")
+        .build()
 }
 
 fn tag(k: &str, v: &str) -> Tag {
@@ -144,15 +156,25 @@ impl Cloud for Ec2Cloud {
             .client
             .describe_instances()
             .filters(Filter::builder().name(format!("tag:{TAG_RUNNER_ID}")).values(runner_id).build())
-            .filters(
-                Filter::builder()
-                    .name("instance-state-name")
-                    .values("pending")
-                    .values("running")
-                    .values("stopping")
-                    .values("stopped")
-                    .build(),
-            )
+            .filters(live_states())
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| cloud_error("DescribeInstances", e))?;
+            for r in page.reservations() {
+                out.extend(r.instances().iter().filter_map(info).filter(|i| !i.state.is_gone()));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn list_fleet_instances(&self) -> Result<Vec<InstanceInfo>, CloudError> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .describe_instances()
+            .filters(Filter::builder().name(format!("tag:{TAG_FLEET}")).values(&self.settings.fleet).build())
+            .filters(live_states())
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
@@ -181,6 +203,7 @@ impl Cloud for Ec2Cloud {
             .tags(tag(TAG_RUNNER_ID, &spec.runner_id))
             .tags(tag(TAG_RUNNER_NAME, &spec.runner_name))
             .tags(tag(TAG_COMMAND_ID, &spec.command_id))
+            .tags(tag(TAG_FLEET, &s.fleet))
             .tags(tag("Name", &format!("geonex-runner {}", spec.runner_name)))
             .build();
         let mut req = self

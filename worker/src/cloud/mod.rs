@@ -11,6 +11,7 @@ pub mod sim;
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use geonex_shared::domain::ObservedState;
 
 use crate::retry::{ErrorClass, HandlerError};
@@ -18,6 +19,9 @@ use crate::retry::{ErrorClass, HandlerError};
 pub const TAG_RUNNER_ID: &str = "geonex:runner-id";
 pub const TAG_RUNNER_NAME: &str = "geonex:runner-name";
 pub const TAG_COMMAND_ID: &str = "geonex:command-id";
+/// Which GeoNEX deployment launched an instance: sweeps and the orphan reaper only
+/// ever look at their own fleet, so two deployments can share an AWS account.
+pub const TAG_FLEET: &str = "geonex:fleet";
 
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
@@ -36,6 +40,7 @@ pub struct InstanceInfo {
     pub instance_id: String,
     pub state: ObservedState,
     pub tags: HashMap<String, String>,
+    pub launched_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -57,6 +62,8 @@ impl From<CloudError> for HandlerError {
 pub trait Cloud: Send + Sync + 'static {
     /// Instances tagged with this runner id that are not terminated.
     async fn find_runner_instances(&self, runner_id: &str) -> Result<Vec<InstanceInfo>, CloudError>;
+    /// Every instance of this deployment's fleet that is not terminated.
+    async fn list_fleet_instances(&self) -> Result<Vec<InstanceInfo>, CloudError>;
     /// One instance, or `None` if the cloud does not know it.
     async fn describe(&self, instance_id: &str) -> Result<Option<InstanceInfo>, CloudError>;
     async fn launch(&self, spec: &LaunchSpec) -> Result<InstanceInfo, CloudError>;

@@ -33,6 +33,8 @@ struct SimInstance {
     since: DateTime<Utc>,
     tags: HashMap<String, String>,
     user_data: String,
+    #[serde(default)]
+    launched_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -65,7 +67,12 @@ impl SimInstance {
     }
 
     fn info(&self) -> InstanceInfo {
-        InstanceInfo { instance_id: self.instance_id.clone(), state: self.phase, tags: self.tags.clone() }
+        InstanceInfo {
+            instance_id: self.instance_id.clone(),
+            state: self.phase,
+            tags: self.tags.clone(),
+            launched_at: self.launched_at,
+        }
     }
 }
 
@@ -161,6 +168,12 @@ impl Cloud for SimCloud {
             .collect())
     }
 
+    async fn list_fleet_instances(&self) -> Result<Vec<InstanceInfo>, CloudError> {
+        self.weather(false).await?;
+        // One simulated cloud serves one deployment: its whole fleet.
+        Ok(self.instances().into_iter().filter(|i| i.state != ObservedState::Terminated).collect())
+    }
+
     async fn describe(&self, instance_id: &str) -> Result<Option<InstanceInfo>, CloudError> {
         self.weather(false).await?;
         match self.with_instance(instance_id, |i, _| Ok(i.info())) {
@@ -194,6 +207,7 @@ impl Cloud for SimCloud {
             since: now,
             tags,
             user_data: spec.user_data.clone(),
+            launched_at: Some(now),
         };
         let info = inst.info();
         state.tokens.insert(spec.client_token.clone(), inst.instance_id.clone());

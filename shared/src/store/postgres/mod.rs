@@ -1,6 +1,7 @@
 //! Postgres adapter of the store port (sqlx). Queries are checked at run time:
 //! the same statements are exercised by the integration tests against a real server.
 
+mod fleet;
 mod users;
 
 use std::time::Duration;
@@ -28,7 +29,7 @@ pub struct PgStore {
 const COMMAND_COLUMNS: &str = "command_id, seq, action, runner_id, params, status, attempts, max_attempts, \
      last_error, result, requested_by, trace_id, created_at, updated_at, started_at, finished_at, next_attempt_at";
 
-const RUNNER_COLUMNS: &str = "runner_id, runner_name, instance_type, image_name, s3_output, instance_id, \
+pub(crate) const RUNNER_COLUMNS: &str = "runner_id, runner_name, instance_type, image_name, s3_output, instance_id, \
      desired_state, observed_state, last_error, last_heartbeat_at, created_at, updated_at";
 
 impl PgStore {
@@ -194,7 +195,7 @@ fn command_from_row(r: &sqlx::postgres::PgRow) -> Result<CommandRecord, StoreErr
     })
 }
 
-fn runner_from_row(r: &sqlx::postgres::PgRow) -> Result<RunnerRecord, StoreError> {
+pub(crate) fn runner_from_row(r: &sqlx::postgres::PgRow) -> Result<RunnerRecord, StoreError> {
     let desired: String = r.try_get("desired_state")?;
     let observed: String = r.try_get("observed_state")?;
     Ok(RunnerRecord {

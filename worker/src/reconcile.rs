@@ -1,0 +1,125 @@
+//! Reconciliation: keeps each runner's observed state true to the cloud, and finds
+//! orphans — instances of this fleet that belong to no live runner.
+//!
+//! The sweep lists the fleet first and reads runners second, so an instance
+//! launched meanwhile is either not listed or belongs to a runner whose launch is
+//! in progress (no recorded instance yet), which is never an orphan. A runner's
+//! recorded instance is never an orphan either, however late its heartbeats: the
+//! reaper only terminates instances no runner claims, and only after they have been
+//! seen as orphans for the grace period, and only when reaping is enabled.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use geonex_shared::config::ReconcileSettings;
+use geonex_shared::domain::{DesiredState, ObservedState};
+use geonex_shared::store::fleet::FleetStore;
+use tokio_util::sync::CancellationToken;
+
+use crate::cloud::{Cloud, TAG_RUNNER_ID};
+
+pub struct Reconciler {
+    cloud: Arc<dyn Cloud>,
+    fleet: Arc<dyn FleetStore>,
+    settings: ReconcileSettings,
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sweep {
+    pub changed: usize,
+    pub orphans: usize,
+    pub reaped: usize,
+}
+
+impl Reconciler {
+    pub fn new(cloud: Arc<dyn Cloud>, fleet: Arc<dyn FleetStore>, settings: ReconcileSettings) -> Self {
+        Self { cloud, fleet, settings }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        if self.settings.interval_secs == 0 {
+            return;
+        }
+        let interval = Duration::from_secs(self.settings.interval_secs);
+        loop {
+            match self.sweep().await {
+                Ok(s) if s != Sweep::default() => {
+                    tracing::info!(changed = s.changed, orphans = s.orphans, reaped = s.reaped, "reconciliation sweep");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "reconciliation sweep failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    pub async fn sweep(&self) -> Result<Sweep, String> {
+        let mut sweep = Sweep::default();
+        let instances = self.cloud.list_fleet_instances().await.map_err(|e| e.to_string())?;
+        let runners = self.fleet.runners_to_reconcile().await.map_err(|e| e.to_string())?;
+        let by_id: HashMap<&str, _> = instances.iter().map(|i| (i.instance_id.as_str(), i)).collect();
+
+        for r in &runners {
+            let Some(instance_id) = r.instance_id.as_deref() else { continue };
+            let state = match by_id.get(instance_id) {
+                Some(i) => i.state,
+                // Not among live instances: terminated, or gone from the cloud's memory.
+                None => match self.cloud.describe(instance_id).await {
+                    Ok(Some(i)) => i.state,
+                    Ok(None) => ObservedState::Terminated,
+                    Err(e) => {
+                        tracing::warn!(instance_id, error = %e, "cannot describe a runner's instance");
+                        continue;
+                    }
+                },
+            };
+            if self.fleet.observe_instance(&r.runner_id, instance_id, state).await.map_err(|e| e.to_string())? {
+                tracing::info!(runner_id = %r.runner_id, instance_id, state = state.as_str(), "runner state changed outside the control plane");
+                sweep.changed += 1;
+            }
+        }
+
+        let claimed: HashSet<&str> = runners.iter().filter_map(|r| r.instance_id.as_deref()).collect();
+        let candidates: Vec<_> = instances.iter().filter(|i| !claimed.contains(i.instance_id.as_str())).collect();
+        let tagged: Vec<String> = candidates.iter().filter_map(|i| i.tags.get(TAG_RUNNER_ID).cloned()).collect();
+        let owners = self.fleet.runners_by_ids(&tagged).await.map_err(|e| e.to_string())?;
+        let owners: HashMap<&str, _> = owners.iter().map(|r| (r.runner_id.as_str(), r)).collect();
+        let mut orphans = Vec::new();
+        for i in candidates {
+            let runner_id = i.tags.get(TAG_RUNNER_ID);
+            let orphan = match runner_id.and_then(|id| owners.get(id.as_str())) {
+                None => true,
+                Some(r) if r.desired_state == DesiredState::Deleted => true,
+                // The runner's launch is in progress: the instance is about to be recorded.
+                Some(r) if r.instance_id.is_none() => false,
+                Some(r) => r.instance_id.as_deref() != Some(i.instance_id.as_str()) && !i.state.is_gone(),
+            };
+            if orphan && i.state != ObservedState::Terminated {
+                orphans.push((i.instance_id.clone(), runner_id.cloned(), i.state));
+            }
+        }
+        sweep.orphans = orphans.len();
+        self.fleet.record_orphans(&orphans).await.map_err(|e| e.to_string())?;
+
+        if self.settings.reap_orphans {
+            let grace = chrono::Duration::seconds(self.settings.orphan_grace_secs as i64);
+            let now = Utc::now();
+            let seen: HashSet<&str> = orphans.iter().map(|(i, _, _)| i.as_str()).collect();
+            for o in self.fleet.list_orphans().await.map_err(|e| e.to_string())? {
+                if o.reaped_at.is_none() && o.first_seen_at + grace <= now && seen.contains(o.instance_id.as_str()) {
+                    tracing::warn!(instance_id = %o.instance_id, runner_id = ?o.runner_id, "terminating an orphaned instance");
+                    self.cloud.terminate(&o.instance_id).await.map_err(|e| e.to_string())?;
+                    self.fleet.mark_reaped(&o.instance_id).await.map_err(|e| e.to_string())?;
+                    sweep.reaped += 1;
+                }
+            }
+        }
+        Ok(sweep)
+    }
+}
