@@ -14,11 +14,17 @@ use geonex_shared::domain::InstanceTypePolicy;
 use geonex_shared::queue::Queue;
 use geonex_shared::queue::rabbitmq::{RabbitQueue, Topology};
 use geonex_shared::store::Store;
+use geonex_shared::store::email::EmailStore;
+use geonex_shared::store::images::ImageStore;
 use geonex_shared::store::postgres::PgStore;
 use geonex_shared::store::users::UserStore;
 use geonex_worker::cloud::Cloud;
 use geonex_worker::cloud::ec2::Ec2Cloud;
 use geonex_worker::consumer::Worker;
+use geonex_worker::email::{EmailHandler, EmailTemplates};
+use geonex_worker::mailer::Mailer;
+use geonex_worker::mailer::file::FileMailer;
+use geonex_worker::mailer::smtp::SmtpMailer;
 use geonex_worker::relay::Relay;
 use geonex_worker::runner::RunnerHandler;
 use geonex_worker::user_data::UserDataTemplate;
@@ -49,6 +55,8 @@ impl Role {
 pub struct Ports {
     pub store: Arc<dyn Store>,
     pub users: Arc<dyn UserStore>,
+    pub images: Arc<dyn ImageStore>,
+    pub email: Arc<dyn EmailStore>,
     pub queue: Arc<dyn Queue>,
 }
 
@@ -72,7 +80,13 @@ impl Ports {
             Topology { prefix: settings.queue.prefix.clone(), queue_expires_ms: settings.queue.queue_expires_ms };
         let queue = RabbitQueue::new(amqp_url, topology, Duration::from_millis(settings.queue.publish_timeout_ms));
         let store = Arc::new(store);
-        Ok(Self { store: store.clone(), users: store, queue: Arc::new(queue) })
+        Ok(Self {
+            store: store.clone(),
+            users: store.clone(),
+            images: store.clone(),
+            email: store,
+            queue: Arc::new(queue),
+        })
     }
 }
 
@@ -81,6 +95,14 @@ pub async fn build_cloud(settings: &Settings) -> anyhow::Result<Arc<dyn Cloud>> 
         None | Some("aws") => Ok(Arc::new(Ec2Cloud::new(settings.ec2.clone()).await)),
         Some(other) => bail!("GEONEX_CLOUD={other} is not supported (use aws)"),
     }
+}
+
+/// The SMTP server of `GEONEX_SMTP_URL`, or `.eml` files in the data directory.
+pub fn build_mailer(settings: &Settings) -> anyhow::Result<Arc<dyn Mailer>> {
+    Ok(match settings.smtp_url() {
+        Some(url) => Arc::new(SmtpMailer::new(url, settings.email.timeout())?),
+        None => Arc::new(FileMailer::new(settings.data_dir.join("mail"))),
+    })
 }
 
 pub struct Application {
@@ -103,10 +125,16 @@ impl Application {
         let shutdown = CancellationToken::new();
         let ports = Ports::connect(&settings).await?;
         let dispatcher = Dispatcher::start(ports.store.clone(), ports.queue.clone(), shutdown.clone());
+        let mailer = build_mailer(&settings)?;
+        for a in &settings.email.admin_recipients {
+            geonex_shared::domain::EmailAddress::parse_field("email.admin_recipients", a)
+                .with_context(|| format!("GEONEX_EMAIL__ADMIN_RECIPIENTS: {a:?}"))?;
+        }
         let summary = format!(
-            "store: postgres; queue: {}; cloud: {}",
+            "store: postgres; queue: {}; cloud: {}; mail: {}",
             ports.queue.describe(),
-            cloud.describe_self()
+            cloud.describe_self(),
+            mailer.describe()
         );
 
         let worker = if role.worker() {
@@ -118,10 +146,16 @@ impl Application {
                 Duration::from_secs(settings.worker.instance_wait_secs),
                 Duration::from_millis(settings.worker.instance_poll_ms),
             );
+            let email_handler = EmailHandler::new(
+                ports.email.clone(),
+                mailer,
+                EmailTemplates::load(settings.email.template_dir.as_deref())?,
+                &settings.email.from,
+            )?;
             let worker = Worker::new(
                 ports.store.clone(),
                 dispatcher.clone(),
-                vec![Arc::new(handler)],
+                vec![Arc::new(handler), Arc::new(email_handler)],
                 settings.worker.clone(),
                 settings.queue.prefetch,
             );
@@ -138,6 +172,9 @@ impl Application {
             let state = AppState {
                 store: ports.store.clone(),
                 users: ports.users.clone(),
+                images: ports.images.clone(),
+                email: ports.email.clone(),
+                admin_recipients: settings.email.admin_recipients.clone(),
                 dispatcher: dispatcher.clone(),
                 instance_types: InstanceTypePolicy::new(settings.ec2.allowed_instance_types.clone()),
                 settings: settings.api.clone(),

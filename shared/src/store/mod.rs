@@ -4,6 +4,8 @@
 //! Every state change a caller needs to be atomic is one method here, so an
 //! adapter can put it in one transaction.
 
+pub mod email;
+pub mod images;
 mod plan;
 pub mod postgres;
 pub mod users;
