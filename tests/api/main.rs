@@ -1,9 +1,11 @@
-//! End-to-end tests against real Postgres, RabbitMQ and moto (EC2).
+//! End-to-end tests against real Postgres, RabbitMQ, moto (EC2) and an SMTP server.
 
 mod auth;
 mod describe;
 mod durability;
 mod helpers;
+mod images;
 mod proxy;
 mod runners;
+mod smtp;
 mod validation;

@@ -159,8 +159,8 @@ impl Handler for EmailHandler {
             Err(MailError::Transient(m)) => return Err(HandlerError::retryable(m)),
             Err(MailError::Permanent(m)) => return Err(HandlerError::permanent(m)),
         };
-        failpoint::hit("after-email-accepted").await;
         record(|| self.store.mark_sent(id, &reply)).await?;
+        failpoint::hit("after-email-recorded").await;
         tracing::info!(message_id = %email.message_id, "e-mail sent");
         let sends = existing.map_or(1, |d| d.sends + 1);
         Ok(Outcome {
@@ -193,6 +193,8 @@ mod tests {
         for kind in EmailKind::ALL {
             let (subject, text, html) = t.render(&params(kind)).unwrap();
             assert!(subject.contains("geonex/fire:1.5") && !subject.contains('\n'), "{subject}");
+            // HTML escaping writes `/` as an entity.
+            let html = html.replace("&#x2f;", "/");
             for body in [&text, &html] {
                 assert!(body.contains("geonex/fire:1.5") && body.contains("ada"), "{kind:?}: {body}");
             }
@@ -200,7 +202,7 @@ mod tests {
         }
         let (_, text, html) = t.render(&params(EmailKind::ImageRejected)).unwrap();
         assert!(text.contains("Reason: <b>missing</b> docs"));
-        assert!(html.contains("&lt;b&gt;missing&lt;/b&gt; docs"));
+        assert!(html.contains("&lt;b&gt;missing&lt;&#x2f;b&gt; docs"), "{html}");
     }
 
     #[test]
