@@ -15,6 +15,8 @@ use geonex_shared::queue::Queue;
 use geonex_shared::queue::local::LocalQueue;
 use geonex_shared::queue::rabbitmq::{RabbitQueue, Topology};
 use geonex_shared::store::Store;
+use geonex_shared::store::email::EmailStore;
+use geonex_shared::store::images::ImageStore;
 use geonex_shared::store::postgres::PgStore;
 use geonex_shared::store::fleet::FleetStore;
 use geonex_shared::store::users::UserStore;
@@ -23,6 +25,10 @@ use geonex_worker::cloud::ec2::Ec2Cloud;
 use geonex_worker::cloud::sim::SimCloud;
 use geonex_worker::consumer::Worker;
 use geonex_worker::reconcile::Reconciler;
+use geonex_worker::email::{EmailHandler, EmailTemplates};
+use geonex_worker::mailer::Mailer;
+use geonex_worker::mailer::file::FileMailer;
+use geonex_worker::mailer::smtp::SmtpMailer;
 use geonex_worker::relay::Relay;
 use geonex_worker::runner::RunnerHandler;
 use geonex_worker::user_data::UserDataTemplate;
@@ -54,6 +60,8 @@ pub struct Ports {
     pub store: Arc<dyn Store>,
     pub users: Arc<dyn UserStore>,
     pub fleet: Arc<dyn FleetStore>,
+    pub images: Arc<dyn ImageStore>,
+    pub email: Arc<dyn EmailStore>,
     pub queue: Arc<dyn Queue>,
 }
 
@@ -91,7 +99,14 @@ impl Ports {
             }
             None => bail!("GEONEX_AMQP_URL is not set: separate API and worker processes need a broker"),
         };
-        Ok(Self { store: store.clone(), users: store.clone(), fleet: store, queue })
+        Ok(Self {
+            store: store.clone(),
+            users: store.clone(),
+            fleet: store.clone(),
+            images: store.clone(),
+            email: store,
+            queue,
+        })
     }
 
     /// Connects for one-shot commands (migrate, replay, user and token management).
@@ -134,6 +149,14 @@ pub async fn build_cloud(settings: &Settings) -> anyhow::Result<Arc<dyn Cloud>> 
     }
 }
 
+/// The SMTP server of `GEONEX_SMTP_URL`, or `.eml` files in the data directory.
+pub fn build_mailer(settings: &Settings) -> anyhow::Result<Arc<dyn Mailer>> {
+    Ok(match settings.smtp_url() {
+        Some(url) => Arc::new(SmtpMailer::new(url, settings.email.timeout())?),
+        None => Arc::new(FileMailer::new(settings.data_dir.join("mail"))),
+    })
+}
+
 pub struct Application {
     listener: Option<TcpListener>,
     port: u16,
@@ -154,10 +177,16 @@ impl Application {
         let shutdown = CancellationToken::new();
         let ports = Ports::connect_for(&settings, role).await?;
         let dispatcher = Dispatcher::start(ports.store.clone(), ports.queue.clone(), shutdown.clone());
+        let mailer = build_mailer(&settings)?;
+        for a in &settings.email.admin_recipients {
+            geonex_shared::domain::EmailAddress::parse_field("email.admin_recipients", a)
+                .with_context(|| format!("GEONEX_EMAIL__ADMIN_RECIPIENTS: {a:?}"))?;
+        }
         let summary = format!(
-            "store: postgres; queue: {}; cloud: {}",
+            "store: postgres; queue: {}; cloud: {}; mail: {}",
             ports.queue.describe(),
-            cloud.describe_self()
+            cloud.describe_self(),
+            mailer.describe()
         );
 
         let worker = if role.worker() {
@@ -169,10 +198,16 @@ impl Application {
                 Duration::from_secs(settings.worker.instance_wait_secs),
                 Duration::from_millis(settings.worker.instance_poll_ms),
             );
+            let email_handler = EmailHandler::new(
+                ports.email.clone(),
+                mailer,
+                EmailTemplates::load(settings.email.template_dir.as_deref())?,
+                &settings.email.from,
+            )?;
             let worker = Worker::new(
                 ports.store.clone(),
                 dispatcher.clone(),
-                vec![Arc::new(handler)],
+                vec![Arc::new(handler), Arc::new(email_handler)],
                 settings.worker.clone(),
                 settings.queue.prefetch,
             );
@@ -191,6 +226,9 @@ impl Application {
                 store: ports.store.clone(),
                 users: ports.users.clone(),
                 fleet: ports.fleet.clone(),
+                images: ports.images.clone(),
+                email: ports.email.clone(),
+                admin_recipients: settings.email.admin_recipients.clone(),
                 dispatcher: dispatcher.clone(),
                 instance_types: InstanceTypePolicy::new(settings.ec2.allowed_instance_types.clone()),
                 settings: settings.api.clone(),

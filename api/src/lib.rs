@@ -21,6 +21,8 @@ use geonex_shared::dispatch::Dispatcher;
 use geonex_shared::domain::{InstanceTypePolicy, Role};
 use geonex_shared::store::Store;
 use geonex_shared::store::fleet::FleetStore;
+use geonex_shared::store::email::EmailStore;
+use geonex_shared::store::images::ImageStore;
 use geonex_shared::store::users::UserStore;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -31,7 +33,7 @@ use utoipa::OpenApi;
 
 use crate::auth::{Access, LoginThrottle};
 use crate::error::ApiError;
-use crate::routes::{describe, ops, runners, users};
+use crate::routes::{describe, email, images, ops, runners, users};
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
@@ -39,6 +41,10 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub users: Arc<dyn UserStore>,
     pub fleet: Arc<dyn FleetStore>,
+    pub images: Arc<dyn ImageStore>,
+    pub email: Arc<dyn EmailStore>,
+    /// Who hears about new image requests; empty means every administrator.
+    pub admin_recipients: Vec<String>,
     pub dispatcher: Dispatcher,
     pub instance_types: InstanceTypePolicy,
     pub settings: ApiSettings,
@@ -56,9 +62,12 @@ pub struct AppState {
         runners::start_runner, runners::restart_runner, runners::stop_runner, runners::delete_runner,
         describe::describe_runners, describe::describe_commands, describe::describe_command, describe::describe_orphans,
         users::register_user, users::describe_users, users::login, users::logout,
+        images::register_image, images::approve_image, images::reject_image, images::describe_images,
+        email::send_email,
         ops::replay_command, ops::healthz, ops::readyz, ops::openapi,
     ),
-    components(schemas(error::ErrorBody, error::ErrorDetail, runners::Accepted, ops::ReplayResult)),
+    components(schemas(error::ErrorBody, error::ErrorDetail, runners::Accepted, ops::ReplayResult,
+        images::ImageList)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -98,6 +107,11 @@ pub fn routes() -> Vec<RouteSpec> {
         route("/restart-runner", GET_POST, operator, get(runners::restart_runner).post(runners::restart_runner)),
         route("/stop-runner", GET_POST, operator, get(runners::stop_runner).post(runners::stop_runner)),
         route("/delete-runner", GET_POST, operator, get(runners::delete_runner).post(runners::delete_runner)),
+        route("/send-email", GET_POST, operator, get(email::send_email).post(email::send_email)),
+        route("/register-image", &["POST"], user, post(images::register_image)),
+        route("/approve-image", &["POST"], admin, post(images::approve_image)),
+        route("/reject-image", &["POST"], admin, post(images::reject_image)),
+        route("/describe-images", &["GET"], user, get(images::describe_images)),
         route("/describe-runners", &["GET"], user, get(describe::describe_runners)),
         route("/describe-commands", &["GET"], operator, get(describe::describe_commands)),
         route("/describe-command", &["GET"], operator, get(describe::describe_command)),

@@ -32,6 +32,11 @@ pub struct Settings {
     /// RabbitMQ URL (`amqp://…`, `amqps://…`).
     #[serde(serialize_with = "redact")]
     pub amqp_url: Option<SecretString>,
+    /// `smtp://[user:pass@]host[:port]` (add `?tls=required` for STARTTLS) or
+    /// `smtps://…` (TLS from the start). Unset: e-mails are written as `.eml`
+    /// files under `data_dir/mail`.
+    #[serde(serialize_with = "redact")]
+    pub smtp_url: Option<SecretString>,
     /// `aws` (EC2 through the AWS SDK) or `sim` (the simulated cloud). Unset: `aws`
     /// when any AWS or EC2 endpoint setting is present, `sim` otherwise.
     pub cloud: Option<String>,
@@ -45,6 +50,7 @@ pub struct Settings {
     pub reconcile: ReconcileSettings,
     pub api: ApiSettings,
     pub auth: AuthSettings,
+    pub email: EmailSettings,
     pub log: LogSettings,
 }
 
@@ -54,6 +60,7 @@ impl Default for Settings {
             listen: "127.0.0.1:8080".into(),
             database_url: None,
             amqp_url: None,
+            smtp_url: None,
             cloud: None,
             data_dir: PathBuf::from("./geonex-data"),
             database: DatabaseSettings::default(),
@@ -65,6 +72,7 @@ impl Default for Settings {
             reconcile: ReconcileSettings::default(),
             api: ApiSettings::default(),
             auth: AuthSettings::default(),
+            email: EmailSettings::default(),
             log: LogSettings::default(),
         }
     }
@@ -285,6 +293,38 @@ impl Default for AuthSettings {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
+pub struct EmailSettings {
+    /// The From address of every e-mail, e.g. `GeoNEX <geonex@example.org>`.
+    /// Its domain also names the Message-IDs.
+    pub from: String,
+    /// Longest wait for the SMTP server on one command (connect and each reply).
+    pub timeout_ms: u64,
+    /// A directory whose `NAME.subject.j2`, `NAME.txt.j2` and `NAME.html.j2` files
+    /// replace the built-in templates of the same name.
+    pub template_dir: Option<PathBuf>,
+    /// Who hears about a new image request; empty means every administrator account.
+    pub admin_recipients: Vec<String>,
+}
+
+impl Default for EmailSettings {
+    fn default() -> Self {
+        Self {
+            from: "GeoNEX <geonex@localhost>".into(),
+            timeout_ms: 30_000,
+            template_dir: None,
+            admin_recipients: Vec::new(),
+        }
+    }
+}
+
+impl EmailSettings {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
 pub struct LogSettings {
     /// `json` or `pretty`.
     pub format: String,
@@ -340,6 +380,10 @@ impl Settings {
 
     pub fn amqp_url(&self) -> Option<&str> {
         self.amqp_url.as_ref().map(|s| s.expose_secret())
+    }
+
+    pub fn smtp_url(&self) -> Option<&str> {
+        self.smtp_url.as_ref().map(|s| s.expose_secret())
     }
 
     /// The effective configuration with secrets redacted.
@@ -437,7 +481,12 @@ mod tests {
 
     #[test]
     fn secrets_never_print() {
-        let (s, _) = Settings::load_from(env(&[("GEONEX_DATABASE_URL", "postgres://u:hunter2@db/x")])).unwrap();
+        let (s, _) = Settings::load_from(env(&[
+            ("GEONEX_DATABASE_URL", "postgres://u:hunter2@db/x"),
+            ("GEONEX_SMTP_URL", "smtp://mailer:hunter2@mail.example.org:587?tls=required"),
+        ]))
+        .unwrap();
+        assert_eq!(s.smtp_url(), Some("smtp://mailer:hunter2@mail.example.org:587?tls=required"));
         assert!(!format!("{s:?}").contains("hunter2"));
         assert!(!s.redacted_json().to_string().contains("hunter2"));
     }

@@ -209,6 +209,17 @@ impl ImageRef {
         Ok(Self(value.to_owned()))
     }
 
+    /// The tag, if the reference has one.
+    pub fn tag(&self) -> Option<&str> {
+        let s = self.0.split('@').next().unwrap_or(&self.0);
+        s.rfind(':').map(|i| &s[i + 1..]).filter(|t| !t.contains('/'))
+    }
+
+    /// The digest (`sha256:…`), if the reference pins one.
+    pub fn digest(&self) -> Option<&str> {
+        self.0.split_once('@').map(|(_, d)| d)
+    }
+
     /// The repository part, without tag or digest.
     pub fn repository(&self) -> &str {
         let s = self.0.split('@').next().unwrap_or(&self.0);
@@ -625,6 +636,12 @@ mod tests {
         }
         assert_eq!(ImageRef::parse("geonex/fire:1.5").unwrap().repository(), "geonex/fire");
         assert_eq!(ImageRef::parse("host:5000/fire").unwrap().repository(), "host:5000/fire");
+        assert_eq!(ImageRef::parse("host:5000/fire").unwrap().tag(), None);
+        assert_eq!(ImageRef::parse("geonex/fire:1.5").unwrap().tag(), Some("1.5"));
+        let pinned = format!("geonex/fire:2@sha256:{}", "a".repeat(64));
+        let pinned = ImageRef::parse(&pinned).unwrap();
+        assert_eq!((pinned.repository(), pinned.tag()), ("geonex/fire", Some("2")));
+        assert_eq!(pinned.digest().map(|d| d.len()), Some(71));
     }
 
     #[test]

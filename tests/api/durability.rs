@@ -20,7 +20,7 @@ fn topology(app: &crate::helpers::TestApp) -> Topology {
 }
 
 /// Ready (undelivered) messages in a queue.
-async fn ready_messages(queue: &str) -> u32 {
+pub async fn ready_messages(queue: &str) -> u32 {
     let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await.unwrap();
     let ch = conn.create_channel().await.unwrap();
     let q = ch

@@ -11,7 +11,7 @@ use geonex_shared::store::postgres::PgStore;
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
 
-use crate::helpers::{Deployment, TestConfig, service_token, unique};
+use crate::helpers::{APPROVED_IMAGES, Deployment, TestConfig, approve_image, service_token, unique};
 
 struct Server {
     child: tokio::process::Child,
@@ -78,6 +78,9 @@ async fn setup() -> (Deployment, PgStore, String, PathBuf) {
     let deployment = Deployment::new(&TestConfig::default()).await;
     let store = PgStore::connect(&deployment.db.url, 2, Duration::from_secs(5)).await.unwrap();
     store.migrate().await.unwrap();
+    for image in APPROVED_IMAGES {
+        approve_image(&store, image).await;
+    }
     let token = service_token(&store, "embedded", Role::Admin, None).await;
     let dir = std::env::temp_dir().join(unique("geonex-embedded"));
     std::fs::create_dir_all(&dir).unwrap();

@@ -235,10 +235,40 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(TestConfig::default()).await
 }
 
+/// Images the runner tests use, approved in every test deployment: only approved
+/// images may run. The first is the original document's example.
+pub const APPROVED_IMAGES: &[&str] = &[
+    "geonex/active_fire_go16abi15:1.5",
+    "geonex/fire:1",
+    "geonex/fire:1.5",
+    "geonex/fire:2",
+    "geonex/fire:2.0",
+    "geonex/fire:3.0",
+    "geonex/fire:9.9",
+];
+
+/// Registers and approves an image straight in the store, as an administrator
+/// would through the API.
+pub async fn approve_image(store: &PgStore, image_name: &str) {
+    sqlx::query(
+        "insert into image (image_name, owner, status, description, organization, decided_by, decided_at) \
+         values ($1, 'test', 'approved', 'test image', 'GeoNEX', 'test', now()) \
+         on conflict (image_name) do update set status = 'approved', decided_by = 'test', decided_at = now(), \
+         reason = null",
+    )
+    .bind(image_name)
+    .execute(store.pool())
+    .await
+    .expect("approve image");
+}
+
 pub async fn spawn_app_with(config: TestConfig) -> TestApp {
     let deployment = Deployment::new(&config).await;
     let app = deployment.spawn(config.role).await;
     let store = PgStore::connect(&deployment.db.url, 4, Duration::from_secs(5)).await.expect("store");
+    for image in APPROVED_IMAGES {
+        approve_image(&store, image).await;
+    }
     let token = service_token(&store, "test-admin", Role::Admin, None).await;
     TestApp {
         token,
@@ -304,7 +334,9 @@ impl TestApp {
         Reply { status, headers, body }
     }
 
+    /// Starts a runner, approving its image first.
     pub async fn start_runner(&self, runner_id: &str, image: &str) -> Reply {
+        approve_image(&self.store, image).await;
         self.get(&format!(
             "/start-runner?instance_type=m5d.large&image_name={image}&s3_output=s3://geonex/GO16_ABI15&runner_id={runner_id}&runner_name=Production"
         ))

@@ -1,11 +1,13 @@
-//! End-to-end tests against real Postgres, RabbitMQ and moto (EC2).
+//! End-to-end tests against real Postgres, RabbitMQ, moto (EC2) and an SMTP server.
 
 mod auth;
 mod describe;
 mod durability;
 mod embedded;
 mod helpers;
+mod images;
 mod proxy;
 mod reconcile;
 mod runners;
+mod smtp;
 mod validation;

@@ -1,12 +1,14 @@
 //! GeoNEX-core workers: the consumers that carry out commands, their handlers and
-//! retry policy, the relay that re-publishes and rescues, and the cloud port with
-//! its adapters.
+//! retry policy, the relay that re-publishes and rescues, the cloud port with its
+//! adapters, and the e-mail handler with the mailer port and its adapters.
 
 pub mod cloud;
 pub mod consumer;
+pub mod email;
 pub mod failpoint;
 pub mod handler;
 pub mod reconcile;
+pub mod mailer;
 pub mod relay;
 pub mod retry;
 pub mod runner;

@@ -1,6 +1,8 @@
 //! HTTP handlers, one module per area.
 
 pub mod describe;
+pub mod email;
+pub mod images;
 pub mod ops;
 pub mod runners;
 pub mod users;

@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use geonex_shared::domain::{ImageRef, InstanceId, InstanceType, RunnerId, RunnerName, S3Uri};
 use geonex_shared::error::FieldError;
+use geonex_shared::store::images::ImageStatus;
 use geonex_shared::store::{NewRunnerCommand, RunnerRequest};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -22,7 +23,7 @@ use crate::params::Params;
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Accepted {
     pub command_id: Uuid,
-    /// `start_runner`, `restart_runner`, `stop_runner` or `delete_runner`.
+    /// `start_runner`, `restart_runner`, `stop_runner`, `delete_runner` or `send_email`.
     pub action: String,
     pub runner_id: Option<String>,
     /// The command's status now (`queued` when just accepted).
@@ -66,7 +67,7 @@ pub struct StopOrDeleteRunnerParams {
     runner_name: Option<String>,
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
     let bad = || ApiError::Field(FieldError::invalid("Idempotency-Key", "must be 1-255 visible ASCII characters"));
     let s = v.to_str().map_err(|_| bad())?;
@@ -82,6 +83,22 @@ pub(crate) fn trace_id(headers: &HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .unwrap_or_else(|| Uuid::new_v4().to_string())
+}
+
+/// Only approved images may run: refuses unknown, pending and rejected ones.
+async fn ensure_approved(app: &AppState, image: &ImageRef) -> Result<(), ApiError> {
+    let status = app.images.get_image(image.as_str()).await?.map(|i| i.status);
+    let why = match status {
+        Some(ImageStatus::Approved) => return Ok(()),
+        None => "is not registered; register it with /register-image and have an administrator approve it",
+        Some(ImageStatus::Pending) => "is awaiting an administrator's approval",
+        Some(ImageStatus::Rejected) => "was rejected",
+    };
+    Err(ApiError::Unprocessable {
+        code: "image_not_approved",
+        message: format!("image {image} {why}; only approved images can run"),
+        field: Some("image_name"),
+    })
 }
 
 async fn submit(
@@ -128,6 +145,7 @@ async fn submit(
         (status = 202, description = "Command accepted", body = Accepted),
         (status = 400, description = "A parameter is missing or malformed", body = ErrorBody),
         (status = 409, description = "The runner exists with other parameters, or was deleted", body = ErrorBody),
+        (status = 422, description = "The image is not approved", body = ErrorBody),
     ))]
 pub async fn start_runner(
     State(app): State<AppState>,
@@ -141,6 +159,7 @@ pub async fn start_runner(
     let s3_output = params.parse("s3_output", S3Uri::parse)?;
     let runner_id = params.parse("runner_id", RunnerId::parse)?;
     let runner_name = params.parse("runner_name", RunnerName::parse)?;
+    ensure_approved(&app, &image_name).await?;
     submit(&app, &caller, &headers, runner_id, RunnerRequest::Start { instance_type, image_name, s3_output, runner_name }).await
 }
 
@@ -152,6 +171,7 @@ pub async fn start_runner(
         (status = 400, description = "A parameter is missing or malformed", body = ErrorBody),
         (status = 404, description = "Unknown runner", body = ErrorBody),
         (status = 409, description = "The instance is not the runner's, or the runner was deleted", body = ErrorBody),
+        (status = 422, description = "The image is not approved", body = ErrorBody),
     ))]
 pub async fn restart_runner(
     State(app): State<AppState>,
@@ -164,6 +184,7 @@ pub async fn restart_runner(
     let s3_output = params.parse("s3_output", S3Uri::parse)?;
     let runner_id = params.parse("runner_id", RunnerId::parse)?;
     let runner_name = params.parse("runner_name", RunnerName::parse)?;
+    ensure_approved(&app, &image_name).await?;
     submit(&app, &caller, &headers, runner_id, RunnerRequest::Restart { instance_id, image_name, s3_output, runner_name }).await
 }
 

@@ -5,6 +5,8 @@
 //! adapter can put it in one transaction.
 
 pub mod fleet;
+pub mod email;
+pub mod images;
 mod plan;
 pub mod postgres;
 pub mod users;

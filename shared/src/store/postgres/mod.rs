@@ -2,6 +2,8 @@
 //! the same statements are exercised by the integration tests against a real server.
 
 mod fleet;
+mod email;
+mod images;
 mod users;
 
 use std::time::Duration;
@@ -26,7 +28,7 @@ pub struct PgStore {
     pool: PgPool,
 }
 
-const COMMAND_COLUMNS: &str = "command_id, seq, action, runner_id, params, status, attempts, max_attempts, \
+pub(super) const COMMAND_COLUMNS: &str = "command_id, seq, action, runner_id, params, status, attempts, max_attempts, \
      last_error, result, requested_by, trace_id, created_at, updated_at, started_at, finished_at, next_attempt_at";
 
 pub(crate) const RUNNER_COLUMNS: &str = "runner_id, runner_name, instance_type, image_name, s3_output, instance_id, \
@@ -156,7 +158,7 @@ impl PgStore {
 
 const RACE: &str = "concurrent submission; retry";
 
-fn same_request(existing: CommandRecord, action: Action, params: &serde_json::Value) -> Result<Submitted, SubmitError> {
+pub(super) fn same_request(existing: CommandRecord, action: Action, params: &serde_json::Value) -> Result<Submitted, SubmitError> {
     if existing.action != action || &existing.params != params {
         return Err(SubmitError::Conflict {
             code: "idempotency_key_reused",
@@ -171,7 +173,7 @@ fn decode<T>(value: Option<T>, what: &str, raw: &str) -> Result<T, StoreError> {
     value.ok_or_else(|| StoreError::Other(format!("unexpected {what} {raw:?} in database")))
 }
 
-fn command_from_row(r: &sqlx::postgres::PgRow) -> Result<CommandRecord, StoreError> {
+pub(super) fn command_from_row(r: &sqlx::postgres::PgRow) -> Result<CommandRecord, StoreError> {
     let action: String = r.try_get("action")?;
     let status: String = r.try_get("status")?;
     Ok(CommandRecord {

@@ -1,0 +1,216 @@
+//! The image registry: applicants register Docker images, administrators approve
+//! or reject them, and everyone can list them. Each step records its
+//! notification e-mails as commands in the same transaction and publishes them
+//! after commit.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use geonex_shared::domain::ImageRef;
+use geonex_shared::error::FieldError;
+use geonex_shared::store::email::CommandOrigin;
+use geonex_shared::store::images::{
+    Decision, ImageChange, ImageDecision, ImageError, ImageQuery, ImageRecord, ImageStatus, NewImage,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
+use crate::params::{Params, encode_cursor};
+use crate::routes::describe::{etag, not_modified, with_etag};
+use crate::routes::runners::trace_id;
+
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct RegisterImageBody {
+    /// A Docker image reference, e.g. `geonex/active_fire_go16abi15:1.5`.
+    image_name: String,
+    /// What the algorithm does (1–2000 characters).
+    description: String,
+    /// The applicant's organization (1–200 characters).
+    organization: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct DecideImageBody {
+    image_name: String,
+    /// Optional, up to 1000 characters; sent to the applicant.
+    reason: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct DescribeImagesParams {
+    /// pending, approved, rejected.
+    status: Option<String>,
+    /// The applicant's user name (or `service:NAME`).
+    owner: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ImageList {
+    pub images: Vec<ImageRecord>,
+    pub next_cursor: Option<String>,
+}
+
+/// Free text: within the length limits, and no control characters other than
+/// line breaks and tabs (which multi-line descriptions need).
+fn text(params: &Params, name: &'static str, max: usize, multiline: bool) -> Result<Option<String>, FieldError> {
+    let Some(v) = params.get(name) else { return Ok(None) };
+    if v.chars().count() > max {
+        return Err(FieldError::invalid(name, format!("must be at most {max} characters")));
+    }
+    let allowed = |c: char| !c.is_control() || (multiline && matches!(c, '\n' | '\r' | '\t'));
+    if !v.chars().all(allowed) {
+        return Err(FieldError::invalid(name, "must not contain control characters"));
+    }
+    if v.trim().is_empty() {
+        return Err(FieldError::missing(name));
+    }
+    Ok(Some(v.trim().to_owned()))
+}
+
+fn origin(app: &AppState, caller: &Caller, headers: &HeaderMap) -> CommandOrigin {
+    CommandOrigin { requested_by: caller.label.clone(), trace_id: trace_id(headers), max_attempts: app.max_attempts }
+}
+
+fn publish(app: &AppState, change: &ImageChange) {
+    for c in &change.emails {
+        app.dispatcher.publish_in_background(c.message());
+    }
+}
+
+impl From<ImageError> for ApiError {
+    fn from(e: ImageError) -> Self {
+        match e {
+            ImageError::Exists(name) => ApiError::Conflict {
+                code: "image_exists",
+                message: format!("image {name} is already registered"),
+                field: Some("image_name"),
+            },
+            ImageError::NotFound(name) => ApiError::NotFound {
+                code: "image_not_found",
+                message: format!("image {name} is not registered"),
+                field: Some("image_name"),
+            },
+            e @ ImageError::AlreadyDecided { .. } => {
+                ApiError::Conflict { code: "image_already_decided", message: e.to_string(), field: Some("image_name") }
+            }
+            ImageError::Store(s) => s.into(),
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/register-image", tag = "images", security(("bearer" = [])),
+    request_body(content = RegisterImageBody, content_type = "application/json", description = "JSON or form body"),
+    responses(
+        (status = 201, description = "Registered, pending approval; administrators are notified", body = ImageRecord),
+        (status = 400, description = "A field is missing or invalid", body = ErrorBody),
+        (status = 409, description = "The image is already registered", body = ErrorBody),
+    ))]
+pub async fn register_image(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let image_name = params.parse("image_name", ImageRef::parse)?;
+    let description = text(&params, "description", 2000, true)?.ok_or_else(|| FieldError::missing("description"))?;
+    let organization = text(&params, "organization", 200, false)?.ok_or_else(|| FieldError::missing("organization"))?;
+    let change = app
+        .images
+        .register_image(NewImage {
+            image_name,
+            description,
+            organization,
+            owner: caller.label.clone(),
+            owner_user_id: caller.user_id,
+            notify: app.admin_recipients.clone(),
+            origin: origin(&app, &caller, &headers),
+        })
+        .await?;
+    tracing::info!(image_name = %change.image.image_name, notices = change.emails.len(), "image registered");
+    publish(&app, &change);
+    Ok((StatusCode::CREATED, Json(change.image)).into_response())
+}
+
+async fn decide(app: AppState, caller: Caller, headers: HeaderMap, params: Params, decision: Decision) -> Result<Response, ApiError> {
+    let image_name = params.parse("image_name", ImageRef::parse)?;
+    let reason = text(&params, "reason", 1000, true)?;
+    let change = app
+        .images
+        .decide_image(ImageDecision { image_name, decision, reason, origin: origin(&app, &caller, &headers) })
+        .await?;
+    tracing::info!(image_name = %change.image.image_name, status = change.image.status.as_str(), "image decided");
+    publish(&app, &change);
+    Ok(Json(change.image).into_response())
+}
+
+#[utoipa::path(post, path = "/approve-image", tag = "images", security(("bearer" = [])),
+    request_body(content = DecideImageBody, content_type = "application/json", description = "JSON or form body"),
+    responses(
+        (status = 200, description = "Approved; the applicant is notified", body = ImageRecord),
+        (status = 400, description = "A field is missing or invalid", body = ErrorBody),
+        (status = 404, description = "No such image", body = ErrorBody),
+        (status = 409, description = "Already approved or rejected", body = ErrorBody),
+    ))]
+pub async fn approve_image(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Response, ApiError> {
+    decide(app, caller, headers, params, Decision::Approve).await
+}
+
+#[utoipa::path(post, path = "/reject-image", tag = "images", security(("bearer" = [])),
+    request_body(content = DecideImageBody, content_type = "application/json", description = "JSON or form body"),
+    responses(
+        (status = 200, description = "Rejected; the applicant is notified", body = ImageRecord),
+        (status = 400, description = "A field is missing or invalid", body = ErrorBody),
+        (status = 404, description = "No such image", body = ErrorBody),
+        (status = 409, description = "Already approved or rejected", body = ErrorBody),
+    ))]
+pub async fn reject_image(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Response, ApiError> {
+    decide(app, caller, headers, params, Decision::Reject).await
+}
+
+#[utoipa::path(get, path = "/describe-images", tag = "images", security(("bearer" = [])), params(DescribeImagesParams),
+    responses(
+        (status = 200, description = "Images, ordered by name", body = ImageList),
+        (status = 304, description = "Unchanged since the ETag given in If-None-Match"),
+        (status = 400, description = "Bad filter, limit or cursor", body = ErrorBody),
+    ))]
+pub async fn describe_images(State(app): State<AppState>, headers: HeaderMap, params: Params) -> Result<Response, ApiError> {
+    let revision = app.images.images_revision().await?;
+    let tag = etag("images", revision, &params);
+    if let Some(r) = not_modified(&headers, &tag) {
+        return Ok(r);
+    }
+    let limit = params.limit(app.settings.default_page_size, app.settings.max_page_size)?;
+    let status = params.parse_opt("status", |v| {
+        ImageStatus::parse(v).ok_or_else(|| FieldError::invalid("status", "must be one of: pending, approved, rejected"))
+    })?;
+    let owner = text(&params, "owner", 200, false)?;
+    let q = ImageQuery { status, owner, after_image_name: params.cursor('i')?, limit: limit + 1 };
+    let mut images = app.images.list_images(&q).await?;
+    let next_cursor = if images.len() as i64 > limit {
+        images.truncate(limit as usize);
+        images.last().map(|i| encode_cursor('i', &i.image_name))
+    } else {
+        None
+    };
+    Ok(with_etag(Json(ImageList { images, next_cursor }).into_response(), &tag))
+}

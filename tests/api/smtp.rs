@@ -1,0 +1,128 @@
+//! A real SMTP server per test: aiosmtpd on a free port, writing a private
+//! Maildir, refusing (550) the recipients listed in a file. Tests read back
+//! what the server actually received.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The Python with aiosmtpd: `GEONEX_TEST_SMTPD_PYTHON`, else the virtualenv
+/// `.ci/run` makes under `target/`, else `python3`.
+fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("GEONEX_TEST_SMTPD_PYTHON") {
+        return p.into();
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/smtp-venv/bin/python");
+    if venv.exists() { venv } else { "python3".into() }
+}
+
+fn scripts() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/smtp")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+pub struct SmtpServer {
+    pub port: u16,
+    root: PathBuf,
+    child: Option<Child>,
+}
+
+impl SmtpServer {
+    /// A server that is listening.
+    pub async fn start() -> Self {
+        let mut s = Self::not_started();
+        s.run().await;
+        s
+    }
+
+    /// A port and a Maildir, with nothing listening yet.
+    pub fn not_started() -> Self {
+        let root = std::env::temp_dir().join(format!("geonex-smtp-{}", uuid::Uuid::new_v4().simple()));
+        for d in ["cur", "new", "tmp"] {
+            std::fs::create_dir_all(root.join("maildir").join(d)).expect("maildir");
+        }
+        Self { port: free_port(), root, child: None }
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    fn maildir(&self) -> PathBuf {
+        self.root.join("maildir")
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub async fn run(&mut self) {
+        let child = Command::new(python())
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{}", self.port), "-c", "reject_handler.RejectingMailbox"])
+            .arg(self.maildir())
+            .arg(self.root.join("reject"))
+            .env("PYTHONPATH", scripts())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start aiosmtpd (pip install aiosmtpd, or run .ci/run)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("aiosmtpd exited: {status}");
+            }
+            assert!(Instant::now() < deadline, "aiosmtpd did not listen on {}", self.port);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Makes the server refuse this recipient with 550.
+    pub fn reject(&self, address: &str) {
+        std::fs::write(self.root.join("reject"), format!("{address}\n")).expect("reject file");
+    }
+
+    pub fn accept_all(&self) {
+        let _ = std::fs::remove_file(self.root.join("reject"));
+    }
+
+    /// Every message received so far, parsed.
+    pub fn messages(&self) -> Vec<Value> {
+        let out = Command::new(python())
+            .arg(scripts().join("read_maildir.py"))
+            .arg(self.maildir())
+            .output()
+            .expect("read the Maildir");
+        assert!(out.status.success(), "read_maildir.py: {}", String::from_utf8_lossy(&out.stderr));
+        match serde_json::from_slice(&out.stdout).expect("maildir JSON") {
+            Value::Array(v) => v,
+            other => panic!("unexpected maildir listing {other}"),
+        }
+    }
+
+    /// Waits until at least `n` messages arrived, and returns them all.
+    pub async fn wait_for(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let m = self.messages();
+            if m.len() >= n {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "expected {n} messages, got {}: {m:?}", m.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}

@@ -1,0 +1,39 @@
+//! File mailer: writes each message as `<command id>.eml` in a directory, for
+//! running without a mail server. Rewriting the same file is harmless, so a
+//! repeated send never makes two messages.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use crate::mailer::{Email, MailError, Mailer, build_message};
+
+pub struct FileMailer {
+    dir: PathBuf,
+}
+
+impl FileMailer {
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+}
+
+#[async_trait]
+impl Mailer for FileMailer {
+    async fn send(&self, from: &lettre::message::Mailbox, email: &Email) -> Result<String, MailError> {
+        let message = build_message(from, email)?;
+        let name: String = email.message_id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+        let path = self.dir.join(format!("{name}.eml"));
+        tokio::fs::create_dir_all(&self.dir)
+            .await
+            .map_err(|e| MailError::Transient(format!("cannot create {}: {e}", self.dir.display())))?;
+        tokio::fs::write(&path, message.formatted())
+            .await
+            .map_err(|e| MailError::Transient(format!("cannot write {}: {e}", path.display())))?;
+        Ok(format!("written to {}", path.display()))
+    }
+
+    fn describe(&self) -> String {
+        format!("files in {}", self.dir.display())
+    }
+}
