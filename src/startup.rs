@@ -14,11 +14,16 @@ use geonex_shared::queue::Queue;
 use geonex_shared::queue::rabbitmq::{RabbitQueue, Topology};
 use geonex_shared::store::Store;
 use geonex_shared::store::postgres::PgStore;
+use geonex_shared::store::usage::{S3Output, UsageStore};
 use geonex_worker::cloud::Cloud;
 use geonex_worker::cloud::ec2::Ec2Cloud;
 use geonex_worker::consumer::Worker;
 use geonex_worker::relay::Relay;
 use geonex_worker::runner::RunnerHandler;
+use geonex_worker::s3events::EventIntake;
+use geonex_worker::s3usage::{S3UsageHandler, ScanScheduler, Scanner};
+use geonex_worker::storage::s3::S3ObjectStore;
+use geonex_worker::storage::sqs::SqsEventQueue;
 use geonex_worker::user_data::UserDataTemplate;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +51,7 @@ impl Role {
 /// The adapters behind each port, built from settings.
 pub struct Ports {
     pub store: Arc<dyn Store>,
+    pub usage: Arc<dyn UsageStore>,
     pub queue: Arc<dyn Queue>,
 }
 
@@ -68,7 +74,8 @@ impl Ports {
         let topology =
             Topology { prefix: settings.queue.prefix.clone(), queue_expires_ms: settings.queue.queue_expires_ms };
         let queue = RabbitQueue::new(amqp_url, topology, Duration::from_millis(settings.queue.publish_timeout_ms));
-        Ok(Self { store: Arc::new(store), queue: Arc::new(queue) })
+        let store = Arc::new(store);
+        Ok(Self { store: store.clone(), usage: store, queue: Arc::new(queue) })
     }
 }
 
@@ -79,11 +86,42 @@ pub async fn build_cloud(settings: &Settings) -> anyhow::Result<Arc<dyn Cloud>> 
     }
 }
 
+/// The AWS SDK configuration for S3 and SQS from the standard chain, with the
+/// usage settings' region and endpoint applied.
+pub async fn aws_config_for_usage(settings: &Settings) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = &settings.s3usage.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(url) = &settings.s3usage.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    loader.load().await
+}
+
+/// The configured extra outputs in canonical form; a malformed one stops startup.
+pub fn extra_outputs(settings: &Settings) -> anyhow::Result<Vec<String>> {
+    settings
+        .s3usage
+        .extra_outputs
+        .iter()
+        .map(|o| {
+            S3Output::parse("s3usage.extra_outputs", o)
+                .map(|o| o.to_string())
+                .map_err(|e| anyhow::anyhow!("GEONEX_S3USAGE__EXTRA_OUTPUTS: {e}"))
+        })
+        .collect()
+}
+
+/// Background loops of the worker role besides the consumers and the relay.
+type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 pub struct Application {
     listener: Option<TcpListener>,
     port: u16,
     router: Option<axum::Router>,
     worker: Option<(Worker, Relay)>,
+    tasks: Vec<Task>,
     shutdown: CancellationToken,
     summary: String,
 }
@@ -96,6 +134,19 @@ impl Application {
 
     /// Builds with a cloud adapter made by the caller.
     pub async fn build_with_cloud(settings: Settings, role: Role, cloud: Arc<dyn Cloud>) -> anyhow::Result<Self> {
+        let aws = aws_config_for_usage(&settings).await;
+        Self::build_with(settings, role, cloud, &aws).await
+    }
+
+    /// Builds with a cloud adapter and the AWS SDK configuration for S3 and SQS
+    /// made by the caller (e.g. with explicit credentials).
+    pub async fn build_with(
+        settings: Settings,
+        role: Role,
+        cloud: Arc<dyn Cloud>,
+        aws: &aws_config::SdkConfig,
+    ) -> anyhow::Result<Self> {
+        let extra_outputs = extra_outputs(&settings)?;
         let shutdown = CancellationToken::new();
         let ports = Ports::connect(&settings).await?;
         let dispatcher = Dispatcher::start(ports.store.clone(), ports.queue.clone(), shutdown.clone());
@@ -105,7 +156,25 @@ impl Application {
             cloud.describe_self()
         );
 
+        let mut tasks: Vec<Task> = Vec::new();
         let worker = if role.worker() {
+            let objects = Arc::new(S3ObjectStore::with_config(aws, &settings.s3usage));
+            let usage_handler = S3UsageHandler::new(
+                ports.usage.clone(),
+                Scanner::new(objects, settings.s3usage.list_concurrency, settings.s3usage.split_depth),
+                extra_outputs.clone(),
+                settings.s3usage.concurrency,
+                settings.worker.lease(),
+            );
+            if let Some(interval) = settings.s3usage.scan_interval() {
+                let scheduler =
+                    ScanScheduler::new(ports.usage.clone(), dispatcher.clone(), interval, settings.worker.max_attempts);
+                tasks.push(Box::pin(scheduler.run(shutdown.clone())));
+            }
+            if let Some(url) = &settings.s3usage.sqs_queue_url {
+                let events = Arc::new(SqsEventQueue::with_config(aws, &settings.s3usage, url));
+                tasks.push(Box::pin(EventIntake::new(events, ports.usage.clone()).run(shutdown.clone())));
+            }
             let template = UserDataTemplate::load(settings.ec2.user_data_template.as_deref())?;
             let handler = RunnerHandler::new(
                 cloud.clone(),
@@ -117,7 +186,7 @@ impl Application {
             let worker = Worker::new(
                 ports.store.clone(),
                 dispatcher.clone(),
-                vec![Arc::new(handler)],
+                vec![Arc::new(handler), Arc::new(usage_handler)],
                 settings.worker.clone(),
                 settings.queue.prefetch,
             );
@@ -138,12 +207,15 @@ impl Application {
                 settings: settings.api.clone(),
                 max_attempts: settings.worker.max_attempts,
                 cloud_label: cloud.describe_self(),
+                usage: ports.usage.clone(),
+                usage_settings: settings.s3usage.clone(),
+                usage_extra_outputs: extra_outputs.clone(),
             };
             (Some(listener), port, Some(geonex_api::router(state)))
         } else {
             (None, 0, None)
         };
-        Ok(Self { listener, port, router, worker, shutdown, summary })
+        Ok(Self { listener, port, router, worker, tasks, shutdown, summary })
     }
 
     pub fn port(&self) -> u16 {
@@ -164,6 +236,9 @@ impl Application {
         if let Some((worker, relay)) = self.worker {
             tasks.spawn(worker.run(self.shutdown.clone()));
             tasks.spawn(relay.run(self.shutdown.clone()));
+        }
+        for task in self.tasks {
+            tasks.spawn(task);
         }
         if let (Some(listener), Some(router)) = (self.listener, self.router) {
             let shutdown = self.shutdown.clone();

@@ -13,10 +13,11 @@ use axum::Router;
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use geonex_shared::config::ApiSettings;
+use geonex_shared::config::{ApiSettings, S3UsageSettings};
 use geonex_shared::dispatch::Dispatcher;
 use geonex_shared::domain::InstanceTypePolicy;
 use geonex_shared::store::Store;
+use geonex_shared::store::usage::UsageStore;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -25,7 +26,7 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
 use crate::error::ApiError;
-use crate::routes::{describe, ops, runners};
+use crate::routes::{describe, ops, runners, usage};
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
@@ -37,6 +38,10 @@ pub struct AppState {
     pub max_attempts: i32,
     /// What the cloud adapter is, shown by `/readyz`.
     pub cloud_label: String,
+    pub usage: Arc<dyn UsageStore>,
+    pub usage_settings: S3UsageSettings,
+    /// The configured extra outputs in canonical form.
+    pub usage_extra_outputs: Vec<String>,
 }
 
 impl AppState {
@@ -52,9 +57,10 @@ impl AppState {
     paths(
         runners::start_runner, runners::restart_runner, runners::stop_runner, runners::delete_runner,
         describe::describe_runners, describe::describe_commands, describe::describe_command,
+        usage::get_s3_usage,
         ops::replay_command, ops::healthz, ops::readyz, ops::openapi,
     ),
-    components(schemas(error::ErrorBody, error::ErrorDetail, runners::Accepted, ops::ReplayResult))
+    components(schemas(error::ErrorBody, error::ErrorDetail, runners::Accepted, ops::ReplayResult, usage::S3Usage, usage::OutputUsageBody))
 )]
 pub struct ApiDoc;
 
@@ -72,6 +78,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/describe-runners"),
     ("GET", "/describe-commands"),
     ("GET", "/describe-command"),
+    ("GET", "/get-s3-usage"),
+    ("POST", "/get-s3-usage"),
     ("POST", "/replay-command"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -89,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .route("/describe-runners", get(describe::describe_runners))
         .route("/describe-commands", get(describe::describe_commands))
         .route("/describe-command", get(describe::describe_command))
+        .route("/get-s3-usage", get(usage::get_s3_usage).post(usage::get_s3_usage))
         .route("/replay-command", post(ops::replay_command))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -1,6 +1,7 @@
 //! GeoNEX-core workers: the consumers that carry out commands, their handlers and
-//! retry policy, the relay that re-publishes and rescues, and the cloud port with
-//! its adapters.
+//! retry policy, the relay that re-publishes and rescues, the cloud port with
+//! its adapters, and S3 output usage (scans, their schedule, S3 event intake)
+//! over the object storage port.
 
 pub mod cloud;
 pub mod consumer;
@@ -9,4 +10,7 @@ pub mod handler;
 pub mod relay;
 pub mod retry;
 pub mod runner;
+pub mod s3events;
+pub mod s3usage;
+pub mod storage;
 pub mod user_data;

@@ -74,13 +74,13 @@ fn etag(kind: &str, revision: i64, params: &Params) -> String {
 }
 
 /// `Some(304)` when the client already has this version.
-fn not_modified(headers: &HeaderMap, tag: &str) -> Option<Response> {
+pub(crate) fn not_modified(headers: &HeaderMap, tag: &str) -> Option<Response> {
     let inm = headers.get(header::IF_NONE_MATCH)?.to_str().ok()?;
     let hit = inm.split(',').map(str::trim).any(|t| t == tag || t == "*" || t.trim_start_matches("W/") == tag.trim_start_matches("W/"));
     hit.then(|| with_etag(StatusCode::NOT_MODIFIED.into_response(), tag))
 }
 
-fn with_etag(mut r: Response, tag: &str) -> Response {
+pub(crate) fn with_etag(mut r: Response, tag: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(tag) {
         r.headers_mut().insert(header::ETAG, v);
     }

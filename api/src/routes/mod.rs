@@ -3,3 +3,4 @@
 pub mod describe;
 pub mod ops;
 pub mod runners;
+pub mod usage;

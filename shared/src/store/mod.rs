@@ -2,10 +2,13 @@
 //! commands and runners. Postgres is the production adapter (`postgres.rs`).
 //!
 //! Every state change a caller needs to be atomic is one method here, so an
-//! adapter can put it in one transaction.
+//! adapter can put it in one transaction. S3 output usage has its own port in
+//! `usage.rs`.
 
 mod plan;
 pub mod postgres;
+mod postgres_usage;
+pub mod usage;
 
 use std::time::Duration;
 
