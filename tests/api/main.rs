@@ -5,4 +5,5 @@ mod durability;
 mod helpers;
 mod proxy;
 mod runners;
+mod usage;
 mod validation;
