@@ -225,7 +225,7 @@ mod tests {
 
     #[test]
     fn nested_outputs_count_once_in_the_totals() {
-        let all = [usage("s3://b", 100, 10), usage("s3://b/x", 40, 4), usage("s3://c/y", 5, 1), usage("s3://b2/z", 1, 1)];
+        let all = [usage("s3://bkt", 100, 10), usage("s3://bkt/x", 40, 4), usage("s3://ccc/y", 5, 1), usage("s3://bkt2/z", 1, 1)];
         assert_eq!(totals(&all), (106, 12));
         assert_eq!(totals(&all[1..]), (46, 6));
     }
