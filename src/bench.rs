@@ -113,7 +113,7 @@ async fn aws_cli(endpoint: Option<&str>, bucket: &str, page_size: Option<u32>) -
     let field = |name: &str| -> anyhow::Result<i64> {
         text.lines()
             .find_map(|l| l.trim().strip_prefix(name))
-            .and_then(|v| v.trim().split_whitespace().next())
+            .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .with_context(|| format!("no `{name}` in the aws s3 ls summary"))
     };
@@ -163,7 +163,7 @@ pub async fn run(args: S3UsageBench, mut settings: Settings) -> anyhow::Result<(
                     .await
                     .with_context(|| format!("putting {key}"))?;
                 let n = done.fetch_add(1, Ordering::Relaxed) as usize + 1;
-                if n % (total / 100).max(1) == 0 || n == total {
+                if n.is_multiple_of((total / 100).max(1)) || n == total {
                     progress("uploading", n, total);
                 }
                 Ok(())
