@@ -49,6 +49,15 @@ pub enum Command {
         #[arg(long)]
         command_id: Option<Uuid>,
     },
+    /// Measure performance against real services (not a test).
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+pub enum Bench {
+    /// Time a usage scan of a large bucket against `aws s3 ls --recursive --summarize`.
+    S3Usage(crate::bench::S3UsageBench),
 }
 
 #[derive(Subcommand)]
@@ -114,6 +123,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             };
             replay(settings, selector).await
         }
+        Command::Bench(Bench::S3Usage(args)) => crate::bench::run(args, settings).await,
     }
 }
 

@@ -20,6 +20,7 @@ use geonex_shared::store::images::ImageStore;
 use geonex_shared::store::postgres::PgStore;
 use geonex_shared::store::fleet::FleetStore;
 use geonex_shared::store::users::UserStore;
+use geonex_shared::store::usage::{S3Output, UsageStore};
 use geonex_worker::cloud::Cloud;
 use geonex_worker::cloud::ec2::Ec2Cloud;
 use geonex_worker::cloud::sim::SimCloud;
@@ -31,6 +32,10 @@ use geonex_worker::mailer::file::FileMailer;
 use geonex_worker::mailer::smtp::SmtpMailer;
 use geonex_worker::relay::Relay;
 use geonex_worker::runner::RunnerHandler;
+use geonex_worker::s3events::EventIntake;
+use geonex_worker::s3usage::{S3UsageHandler, ScanScheduler, Scanner};
+use geonex_worker::storage::s3::S3ObjectStore;
+use geonex_worker::storage::sqs::SqsEventQueue;
 use geonex_worker::user_data::UserDataTemplate;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +67,7 @@ pub struct Ports {
     pub fleet: Arc<dyn FleetStore>,
     pub images: Arc<dyn ImageStore>,
     pub email: Arc<dyn EmailStore>,
+    pub usage: Arc<dyn UsageStore>,
     pub queue: Arc<dyn Queue>,
 }
 
@@ -104,7 +110,8 @@ impl Ports {
             users: store.clone(),
             fleet: store.clone(),
             images: store.clone(),
-            email: store,
+            email: store.clone(),
+            usage: store,
             queue,
         })
     }
@@ -157,11 +164,42 @@ pub fn build_mailer(settings: &Settings) -> anyhow::Result<Arc<dyn Mailer>> {
     })
 }
 
+/// The AWS SDK configuration for S3 and SQS from the standard chain, with the
+/// usage settings' region and endpoint applied.
+pub async fn aws_config_for_usage(settings: &Settings) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = &settings.s3usage.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(url) = &settings.s3usage.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    loader.load().await
+}
+
+/// The configured extra outputs in canonical form; a malformed one stops startup.
+pub fn extra_outputs(settings: &Settings) -> anyhow::Result<Vec<String>> {
+    settings
+        .s3usage
+        .extra_outputs
+        .iter()
+        .map(|o| {
+            S3Output::parse("s3usage.extra_outputs", o)
+                .map(|o| o.to_string())
+                .map_err(|e| anyhow::anyhow!("GEONEX_S3USAGE__EXTRA_OUTPUTS: {e}"))
+        })
+        .collect()
+}
+
+/// Background loops of the worker role besides the consumers and the relay.
+type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 pub struct Application {
     listener: Option<TcpListener>,
     port: u16,
     router: Option<axum::Router>,
     worker: Option<(Worker, Relay, Reconciler)>,
+    tasks: Vec<Task>,
     shutdown: CancellationToken,
     summary: String,
 }
@@ -174,6 +212,19 @@ impl Application {
 
     /// Builds with a cloud adapter made by the caller.
     pub async fn build_with_cloud(settings: Settings, role: Role, cloud: Arc<dyn Cloud>) -> anyhow::Result<Self> {
+        let aws = aws_config_for_usage(&settings).await;
+        Self::build_with(settings, role, cloud, &aws).await
+    }
+
+    /// Builds with a cloud adapter and the AWS SDK configuration for S3 and SQS
+    /// made by the caller (e.g. with explicit credentials).
+    pub async fn build_with(
+        settings: Settings,
+        role: Role,
+        cloud: Arc<dyn Cloud>,
+        aws: &aws_config::SdkConfig,
+    ) -> anyhow::Result<Self> {
+        let extra_outputs = extra_outputs(&settings)?;
         let shutdown = CancellationToken::new();
         let ports = Ports::connect_for(&settings, role).await?;
         let dispatcher = Dispatcher::start(ports.store.clone(), ports.queue.clone(), shutdown.clone());
@@ -189,7 +240,25 @@ impl Application {
             mailer.describe()
         );
 
+        let mut tasks: Vec<Task> = Vec::new();
         let worker = if role.worker() {
+            let objects = Arc::new(S3ObjectStore::with_config(aws, &settings.s3usage));
+            let usage_handler = S3UsageHandler::new(
+                ports.usage.clone(),
+                Scanner::new(objects, settings.s3usage.list_concurrency, settings.s3usage.split_depth),
+                extra_outputs.clone(),
+                settings.s3usage.concurrency,
+                settings.worker.lease(),
+            );
+            if let Some(interval) = settings.s3usage.scan_interval() {
+                let scheduler =
+                    ScanScheduler::new(ports.usage.clone(), dispatcher.clone(), interval, settings.worker.max_attempts);
+                tasks.push(Box::pin(scheduler.run(shutdown.clone())));
+            }
+            if let Some(url) = &settings.s3usage.sqs_queue_url {
+                let events = Arc::new(SqsEventQueue::with_config(aws, &settings.s3usage, url));
+                tasks.push(Box::pin(EventIntake::new(events, ports.usage.clone()).run(shutdown.clone())));
+            }
             let template = UserDataTemplate::load(settings.ec2.user_data_template.as_deref())?;
             let handler = RunnerHandler::new(
                 cloud.clone(),
@@ -207,7 +276,7 @@ impl Application {
             let worker = Worker::new(
                 ports.store.clone(),
                 dispatcher.clone(),
-                vec![Arc::new(handler), Arc::new(email_handler)],
+                vec![Arc::new(handler), Arc::new(email_handler), Arc::new(usage_handler)],
                 settings.worker.clone(),
                 settings.queue.prefetch,
             );
@@ -239,12 +308,15 @@ impl Application {
                 )),
                 max_attempts: settings.worker.max_attempts,
                 cloud_label: cloud.describe_self(),
+                usage: ports.usage.clone(),
+                usage_settings: settings.s3usage.clone(),
+                usage_extra_outputs: extra_outputs.clone(),
             };
             (Some(listener), port, Some(geonex_api::router(state)))
         } else {
             (None, 0, None)
         };
-        Ok(Self { listener, port, router, worker, shutdown, summary })
+        Ok(Self { listener, port, router, worker, tasks, shutdown, summary })
     }
 
     pub fn port(&self) -> u16 {
@@ -266,6 +338,9 @@ impl Application {
             tasks.spawn(worker.run(self.shutdown.clone()));
             tasks.spawn(relay.run(self.shutdown.clone()));
             tasks.spawn(reconciler.run(self.shutdown.clone()));
+        }
+        for task in self.tasks {
+            tasks.spawn(task);
         }
         if let (Some(listener), Some(router)) = (self.listener, self.router) {
             let shutdown = self.shutdown.clone();

@@ -16,7 +16,7 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
-use geonex_shared::config::{ApiSettings, AuthSettings};
+use geonex_shared::config::{ApiSettings, AuthSettings, S3UsageSettings};
 use geonex_shared::dispatch::Dispatcher;
 use geonex_shared::domain::{InstanceTypePolicy, Role};
 use geonex_shared::store::Store;
@@ -24,6 +24,7 @@ use geonex_shared::store::fleet::FleetStore;
 use geonex_shared::store::email::EmailStore;
 use geonex_shared::store::images::ImageStore;
 use geonex_shared::store::users::UserStore;
+use geonex_shared::store::usage::UsageStore;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -33,7 +34,7 @@ use utoipa::OpenApi;
 
 use crate::auth::{Access, LoginThrottle};
 use crate::error::ApiError;
-use crate::routes::{describe, email, images, ops, runners, users};
+use crate::routes::{describe, email, images, ops, runners, usage, users};
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
@@ -53,6 +54,10 @@ pub struct AppState {
     pub max_attempts: i32,
     /// What the cloud adapter is, shown by `/readyz`.
     pub cloud_label: String,
+    pub usage: Arc<dyn UsageStore>,
+    pub usage_settings: S3UsageSettings,
+    /// The configured extra outputs in canonical form.
+    pub usage_extra_outputs: Vec<String>,
 }
 
 #[derive(OpenApi)]
@@ -64,10 +69,11 @@ pub struct AppState {
         users::register_user, users::describe_users, users::login, users::logout,
         images::register_image, images::approve_image, images::reject_image, images::describe_images,
         email::send_email,
+        usage::get_s3_usage,
         ops::replay_command, ops::healthz, ops::readyz, ops::openapi,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, runners::Accepted, ops::ReplayResult,
-        images::ImageList)),
+        images::ImageList, usage::S3Usage, usage::OutputUsageBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -116,6 +122,7 @@ pub fn routes() -> Vec<RouteSpec> {
         route("/describe-commands", &["GET"], operator, get(describe::describe_commands)),
         route("/describe-command", &["GET"], operator, get(describe::describe_command)),
         route("/describe-orphans", &["GET"], operator, get(describe::describe_orphans)),
+        route("/get-s3-usage", GET_POST, user, get(usage::get_s3_usage).post(usage::get_s3_usage)),
         route("/replay-command", &["POST"], admin, post(ops::replay_command)),
         route("/register-user", &["POST"], Registration, post(users::register_user)),
         route("/describe-users", &["GET"], admin, get(users::describe_users)),

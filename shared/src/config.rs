@@ -48,6 +48,7 @@ pub struct Settings {
     pub ec2: Ec2Settings,
     pub sim: SimSettings,
     pub reconcile: ReconcileSettings,
+    pub s3usage: S3UsageSettings,
     pub api: ApiSettings,
     pub auth: AuthSettings,
     pub email: EmailSettings,
@@ -70,6 +71,7 @@ impl Default for Settings {
             ec2: Ec2Settings::default(),
             sim: SimSettings::default(),
             reconcile: ReconcileSettings::default(),
+            s3usage: S3UsageSettings::default(),
             api: ApiSettings::default(),
             auth: AuthSettings::default(),
             email: EmailSettings::default(),
@@ -252,6 +254,62 @@ pub struct SimSettings {
 impl Default for SimSettings {
     fn default() -> Self {
         Self { boot_delay_ms: 2_000, stop_delay_ms: 1_000, latency_ms: 0, error_rate: 0.0, throttle_rate: 0.0, capacity_error_rate: 0.0 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct S3UsageSettings {
+    /// Overrides the AWS endpoint for S3 and SQS (an emulator); `AWS_ENDPOINT_URL` also works.
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    /// Path-style S3 addressing (`endpoint/bucket/key`), which emulators need.
+    pub force_path_style: bool,
+    /// Outputs shown and scanned besides the runners' own (`s3://bucket[/prefix]`).
+    pub extra_outputs: Vec<String>,
+    /// A full scan is scheduled this often; 0 turns periodic scans off.
+    pub scan_interval_secs: u64,
+    /// Outputs one scan lists at once.
+    pub concurrency: usize,
+    /// ListObjectsV2 requests one scan has in flight at once.
+    pub list_concurrency: usize,
+    /// Folder levels below an output that are listed with a delimiter, so their
+    /// sub-folders can be listed concurrently; deeper levels are listed flat.
+    pub split_depth: u32,
+    /// An output last scanned longer ago than this is shown as stale.
+    pub stale_after_secs: u64,
+    /// SQS queue receiving S3 event notifications (directly or through SNS);
+    /// unset turns incremental updates off.
+    pub sqs_queue_url: Option<String>,
+    /// Long-poll wait of one SQS receive.
+    pub sqs_wait_secs: u32,
+}
+
+impl Default for S3UsageSettings {
+    fn default() -> Self {
+        Self {
+            endpoint_url: None,
+            region: None,
+            force_path_style: false,
+            extra_outputs: Vec::new(),
+            scan_interval_secs: 3_600,
+            concurrency: 4,
+            list_concurrency: 16,
+            split_depth: 2,
+            stale_after_secs: 7_200,
+            sqs_queue_url: None,
+            sqs_wait_secs: 20,
+        }
+    }
+}
+
+impl S3UsageSettings {
+    pub fn stale_after(&self) -> Duration {
+        Duration::from_secs(self.stale_after_secs)
+    }
+
+    pub fn scan_interval(&self) -> Option<Duration> {
+        (self.scan_interval_secs > 0).then(|| Duration::from_secs(self.scan_interval_secs))
     }
 }
 

@@ -135,6 +135,12 @@ impl Deployment {
             ("GEONEX_WORKER__LEASE_SECS", "30".into()),
             ("GEONEX_RELAY__INTERVAL_MS", "200".into()),
             ("GEONEX_RELAY__GRACE_MS", "1000".into()),
+            ("GEONEX_S3USAGE__ENDPOINT_URL", moto_url()),
+            ("GEONEX_S3USAGE__REGION", "us-east-1".into()),
+            ("GEONEX_S3USAGE__FORCE_PATH_STYLE", "true".into()),
+            // Tests that want periodic scans turn them on.
+            ("GEONEX_S3USAGE__SCAN_INTERVAL_SECS", "0".into()),
+            ("GEONEX_S3USAGE__SQS_WAIT_SECS", "1".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -160,7 +166,8 @@ impl Deployment {
         }
         let endpoint = settings.ec2.endpoint_url.clone().unwrap_or_else(moto_url);
         let cloud = Arc::new(Ec2Cloud::with_config(&ec2_sdk_config_for(&endpoint), settings.ec2.clone()));
-        let app = Application::build_with_cloud(settings, role, cloud).await.expect("build application");
+        let aws = ec2_sdk_config_for(&settings.s3usage.endpoint_url.clone().unwrap_or_else(moto_url));
+        let app = Application::build_with(settings, role, cloud, &aws).await.expect("build application");
         let port = app.port();
         let shutdown = app.shutdown_token();
         let task = tokio::spawn(app.run_until_stopped());

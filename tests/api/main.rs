@@ -10,4 +10,5 @@ mod proxy;
 mod reconcile;
 mod runners;
 mod smtp;
+mod usage;
 mod validation;

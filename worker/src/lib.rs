@@ -1,6 +1,8 @@
 //! GeoNEX-core workers: the consumers that carry out commands, their handlers and
 //! retry policy, the relay that re-publishes and rescues, the cloud port with its
-//! adapters, and the e-mail handler with the mailer port and its adapters.
+//! adapters, the e-mail handler with the mailer port and its adapters, and S3
+//! output usage (scans, their schedule, S3 event intake) over the object storage
+//! port.
 
 pub mod cloud;
 pub mod consumer;
@@ -12,4 +14,7 @@ pub mod mailer;
 pub mod relay;
 pub mod retry;
 pub mod runner;
+pub mod s3events;
+pub mod s3usage;
+pub mod storage;
 pub mod user_data;

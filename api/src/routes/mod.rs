@@ -5,4 +5,5 @@ pub mod email;
 pub mod images;
 pub mod ops;
 pub mod runners;
+pub mod usage;
 pub mod users;

@@ -2,7 +2,8 @@
 //! commands and runners. Postgres is the production adapter (`postgres.rs`).
 //!
 //! Every state change a caller needs to be atomic is one method here, so an
-//! adapter can put it in one transaction.
+//! adapter can put it in one transaction. S3 output usage has its own port in
+//! `usage.rs`.
 
 pub mod fleet;
 pub mod email;
@@ -10,6 +11,8 @@ pub mod images;
 mod plan;
 pub mod postgres;
 pub mod users;
+mod postgres_usage;
+pub mod usage;
 
 use std::time::Duration;
 

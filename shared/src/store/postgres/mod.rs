@@ -28,7 +28,7 @@ pub struct PgStore {
     pool: PgPool,
 }
 
-pub(super) const COMMAND_COLUMNS: &str = "command_id, seq, action, runner_id, params, status, attempts, max_attempts, \
+pub(crate) const COMMAND_COLUMNS: &str = "command_id, seq, action, runner_id, params, status, attempts, max_attempts, \
      last_error, result, requested_by, trace_id, created_at, updated_at, started_at, finished_at, next_attempt_at";
 
 pub(crate) const RUNNER_COLUMNS: &str = "runner_id, runner_name, instance_type, image_name, s3_output, instance_id, \
@@ -173,7 +173,7 @@ fn decode<T>(value: Option<T>, what: &str, raw: &str) -> Result<T, StoreError> {
     value.ok_or_else(|| StoreError::Other(format!("unexpected {what} {raw:?} in database")))
 }
 
-pub(super) fn command_from_row(r: &sqlx::postgres::PgRow) -> Result<CommandRecord, StoreError> {
+pub(crate) fn command_from_row(r: &sqlx::postgres::PgRow) -> Result<CommandRecord, StoreError> {
     let action: String = r.try_get("action")?;
     let status: String = r.try_get("status")?;
     Ok(CommandRecord {
