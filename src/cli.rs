@@ -133,6 +133,7 @@ async fn serve(settings: Settings, role: Role) -> anyhow::Result<()> {
     tracing::info!(summary = app.summary(), role = ?role, "geonex starting");
     if role != Role::Worker {
         tracing::info!(url = %format!("http://{}", listen_display(&listen, app.port())), "API listening");
+        tracing::info!("an admin token: geonex token create --name NAME --role admin (or geonex user create --admin)");
     }
     let token = app.shutdown_token();
     tokio::spawn(async move {
