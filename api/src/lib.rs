@@ -21,6 +21,7 @@ use geonex_shared::dispatch::Dispatcher;
 use geonex_shared::domain::{InstanceTypePolicy, Role};
 use geonex_shared::store::Store;
 use geonex_shared::store::fleet::FleetStore;
+use geonex_shared::store::containers::ContainerStore;
 use geonex_shared::store::email::EmailStore;
 use geonex_shared::store::images::ImageStore;
 use geonex_shared::store::users::UserStore;
@@ -33,7 +34,7 @@ use utoipa::OpenApi;
 
 use crate::auth::{Access, LoginThrottle};
 use crate::error::ApiError;
-use crate::routes::{describe, email, images, ops, runners, users};
+use crate::routes::{containers, describe, email, images, ops, runners, users};
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
@@ -43,6 +44,7 @@ pub struct AppState {
     pub fleet: Arc<dyn FleetStore>,
     pub images: Arc<dyn ImageStore>,
     pub email: Arc<dyn EmailStore>,
+    pub containers: Arc<dyn ContainerStore>,
     /// Who hears about new image requests; empty means every administrator.
     pub admin_recipients: Vec<String>,
     pub dispatcher: Dispatcher,
@@ -64,10 +66,11 @@ pub struct AppState {
         users::register_user, users::describe_users, users::login, users::logout,
         images::register_image, images::approve_image, images::reject_image, images::describe_images,
         email::send_email,
+        containers::runner_events, containers::describe_containers, containers::describe_runner_containers,
         ops::replay_command, ops::healthz, ops::readyz, ops::openapi,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, runners::Accepted, ops::ReplayResult,
-        images::ImageList)),
+        images::ImageList, containers::ContainerList, containers::RunnerContainersList)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -97,7 +100,7 @@ fn route(path: &'static str, methods: &'static [&'static str], access: Access, h
 /// Every route of the API. The router is built from this table, each route
 /// wrapped in its access guard; the OpenAPI and authorization tests walk it too.
 pub fn routes() -> Vec<RouteSpec> {
-    use Access::{Public, Registration};
+    use Access::{Agent, Public, Registration};
     const GET_POST: &[&str] = &["GET", "POST"];
     let operator = Access::Role(Role::Operator);
     let user = Access::Role(Role::User);
@@ -115,6 +118,9 @@ pub fn routes() -> Vec<RouteSpec> {
         route("/describe-runners", &["GET"], user, get(describe::describe_runners)),
         route("/describe-commands", &["GET"], operator, get(describe::describe_commands)),
         route("/describe-command", &["GET"], operator, get(describe::describe_command)),
+        route("/describe-containers", &["GET"], user, get(containers::describe_containers)),
+        route("/describe-runner-containers", &["GET"], user, get(containers::describe_runner_containers)),
+        route("/runner-events", &["POST"], Agent, post(containers::runner_events)),
         route("/describe-orphans", &["GET"], operator, get(describe::describe_orphans)),
         route("/replay-command", &["POST"], admin, post(ops::replay_command)),
         route("/register-user", &["POST"], Registration, post(users::register_user)),

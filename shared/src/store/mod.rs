@@ -4,6 +4,7 @@
 //! Every state change a caller needs to be atomic is one method here, so an
 //! adapter can put it in one transaction.
 
+pub mod containers;
 pub mod fleet;
 pub mod email;
 pub mod images;
