@@ -186,3 +186,203 @@ async fn malformed_events_and_filters_name_their_field() {
 fn urlencode(s: &str) -> String {
     s.replace('+', "%2B").replace(':', "%3A")
 }
+
+/// A queue of the shared moto server, for one test.
+async fn queue() -> (aws_sdk_sqs::Client, String) {
+    let sqs = aws_sdk_sqs::Client::new(&crate::helpers::ec2_sdk_config());
+    let url = sqs.create_queue().queue_name(unique("agent")).send().await.unwrap().queue_url.unwrap();
+    (sqs, url)
+}
+
+fn s3_event(key: &str, sequencer: &str) -> String {
+    json!({"Records": [{"eventName": "ObjectCreated:Put", "s3": {
+        "bucket": {"name": "noaa-goes16"},
+        "object": {"key": key, "sequencer": sequencer}}}]})
+    .to_string()
+}
+
+/// A small real program standing in for the image: it records its input in a
+/// file named after the container and exits with the code the key asks for.
+fn container_script(dir: &std::path::Path) -> String {
+    let script = dir.join("container.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nset -e\necho \"processing $1\"\nprintf '%s\\n' \"$1\" >> \"$3/$2.out\"\n\
+         case \"$1\" in *exit3*) exit 3;; esac\nexit 0\n",
+    )
+    .unwrap();
+    format!("sh {} {{input_url}} {{container_id}} {}", script.display(), dir.display())
+}
+
+struct AgentRun {
+    dir: std::path::PathBuf,
+    child: tokio::process::Child,
+}
+
+impl AgentRun {
+    fn outputs(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".out"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn runs(&self) -> usize {
+        self.outputs().iter().map(|f| std::fs::read_to_string(self.dir.join(f)).unwrap().lines().count()).sum()
+    }
+}
+
+async fn spawn_agent(app: &TestApp, api_url: &str, queue_url: &str, runner: &str, token: &str) -> AgentRun {
+    let dir = std::env::temp_dir().join(unique("geonex-agent"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let child = app
+        .deployment
+        .command(&["agent"])
+        .env("AWS_ENDPOINT_URL", crate::helpers::moto_url())
+        .env("AWS_REGION", "us-east-1")
+        .env("GEONEX_AGENT__QUEUE_URL", queue_url)
+        .env("GEONEX_AGENT__API_URL", api_url)
+        .env("GEONEX_AGENT__TOKEN", token)
+        .env("GEONEX_AGENT__RUNNER_ID", runner)
+        .env("GEONEX_AGENT__IMAGE_NAME", "geonex/fire:1.5")
+        .env("GEONEX_AGENT__S3_OUTPUT", "s3://geonex/GO16_ABI15")
+        .env("GEONEX_AGENT__COMMAND", container_script(&dir))
+        .env("GEONEX_AGENT__SPOOL_DIR", dir.join("spool"))
+        .env("GEONEX_AGENT__WAIT_SECS", "1")
+        .env("GEONEX_AGENT__HEARTBEAT_SECS", "1")
+        .env("GEONEX_AGENT__CONCURRENCY", "2")
+        .spawn()
+        .expect("start the agent");
+    AgentRun { dir, child }
+}
+
+async fn containers_of(app: &TestApp, runner: &str) -> Vec<Value> {
+    let r = app.get(&format!("/describe-runner-containers?runner_id={runner}")).await;
+    r.body["runners"][0]["containers"].as_array().cloned().unwrap_or_default()
+}
+
+fn finished(containers: &[Value]) -> usize {
+    containers.iter().filter(|c| c["status"] != "running").count()
+}
+
+async fn queue_is_empty(sqs: &aws_sdk_sqs::Client, url: &str) -> bool {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap();
+    let attrs = out.attributes.unwrap_or_default();
+    [A::ApproximateNumberOfMessages, A::ApproximateNumberOfMessagesNotVisible]
+        .iter()
+        .all(|a| attrs.get(a).map(String::as_str) == Some("0"))
+}
+
+#[tokio::test]
+async fn the_agent_runs_each_notification_once_and_its_containers_show_with_exit_codes() {
+    let app = spawn_app_with(config()).await;
+    let (runner, _, token) = started(&app).await;
+    let (sqs, url) = queue().await;
+    let mut agent = spawn_agent(&app, &app.address, &url, &runner, &token).await;
+
+    sqs.send_message().queue_url(&url).message_body(r#"{"Service":"Amazon S3","Event":"s3:TestEvent"}"#).send().await.unwrap();
+    let ok = s3_event("ABI/2026/001/ok.nc", "001");
+    sqs.send_message().queue_url(&url).message_body(&ok).send().await.unwrap();
+    let sns = json!({"Type": "Notification", "Message": s3_event("ABI/2026/001/exit3.nc", "002")}).to_string();
+    sqs.send_message().queue_url(&url).message_body(&sns).send().await.unwrap();
+
+    eventually_containers(&app, &runner, 2).await;
+    // The same object announced again (S3 delivers at least once).
+    sqs.send_message().queue_url(&url).message_body(&ok).send().await.unwrap();
+    crate::helpers::eventually("the duplicate is consumed", std::time::Duration::from_secs(30), || async {
+        queue_is_empty(&sqs, &url).await
+    })
+    .await;
+
+    let containers = containers_of(&app, &runner).await;
+    assert_eq!(containers.len(), 2, "{containers:?}");
+    assert_eq!(agent.runs(), 2, "each object ran once: {:?}", agent.outputs());
+    let by_input = |k: &str| containers.iter().find(|c| c["input_url"].as_str().unwrap_or("").ends_with(k)).unwrap().clone();
+    assert_eq!((by_input("ok.nc")["status"].clone(), by_input("ok.nc")["exit_code"].clone()), (json!("exited"), json!(0)));
+    assert_eq!(by_input("exit3.nc")["exit_code"], 3);
+    assert_eq!(by_input("ok.nc")["input_url"], "s3://noaa-goes16/ABI/2026/001/ok.nc");
+    assert!(by_input("ok.nc")["log_tail"].as_str().unwrap().contains("processing s3://noaa-goes16/ABI/2026/001/ok.nc"));
+    assert!(!app.runner(&runner).await["last_heartbeat_at"].is_null());
+    agent.child.start_kill().unwrap();
+}
+
+async fn eventually_containers(app: &TestApp, runner: &str, n: usize) {
+    crate::helpers::eventually(&format!("{n} finished containers"), std::time::Duration::from_secs(30), || async {
+        finished(&containers_of(app, runner).await) >= n
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn events_of_containers_that_finish_while_the_api_is_down_arrive_once_it_is_back() {
+    let app = spawn_app_with(config()).await;
+    let (runner, _, token) = started(&app).await;
+    let (sqs, url) = queue().await;
+    let proxy = crate::proxy::Proxy::start(app.address.trim_start_matches("http://")).await;
+    proxy.cut().await;
+    let mut agent = spawn_agent(&app, &format!("http://127.0.0.1:{}", proxy.port), &url, &runner, &token).await;
+
+    for i in 0..4 {
+        let body = s3_event(&format!("ABI/2026/002/{}.nc", if i == 0 { "exit3".to_owned() } else { i.to_string() }), &format!("1{i}"));
+        sqs.send_message().queue_url(&url).message_body(body).send().await.unwrap();
+    }
+    crate::helpers::eventually("every container ran and its message was deleted", std::time::Duration::from_secs(30), || async {
+        agent.runs() == 4 && queue_is_empty(&sqs, &url).await
+    })
+    .await;
+    assert!(containers_of(&app, &runner).await.is_empty(), "nothing reached the API while it was down");
+
+    proxy.restore();
+    eventually_containers(&app, &runner, 4).await;
+    let containers = containers_of(&app, &runner).await;
+    assert_eq!(containers.len(), 4, "none lost, none doubled: {containers:?}");
+    assert_eq!(containers.iter().filter(|c| c["exit_code"] == 3).count(), 1);
+    assert_eq!(containers.iter().filter(|c| c["exit_code"] == 0).count(), 3);
+    let events: i64 = sqlx::query_scalar("select count(*) from runner_event where runner_id = $1 and kind <> 'heartbeat'")
+        .bind(&runner)
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(events, 8, "one start and one finish per container");
+    agent.child.start_kill().unwrap();
+}
+
+#[tokio::test]
+async fn a_runner_whose_agent_falls_silent_is_shown_unresponsive_and_never_reaped() {
+    let mut cfg = config();
+    cfg.extra_env.extend([
+        ("GEONEX_API__UNRESPONSIVE_AFTER_SECS".to_owned(), "2".to_owned()),
+        ("GEONEX_RECONCILE__INTERVAL_SECS".to_owned(), "1".to_owned()),
+        ("GEONEX_RECONCILE__REAP_ORPHANS".to_owned(), "true".to_owned()),
+        ("GEONEX_RECONCILE__ORPHAN_GRACE_SECS".to_owned(), "0".to_owned()),
+    ]);
+    let app = spawn_app_with(cfg).await;
+    let (runner, instance, token) = started(&app).await;
+    let r = post_event(&app, &token, &event(&runner, "heartbeat", Uuid::new_v4(), json!({}))).await;
+    assert_eq!(r.status, 202);
+    assert_eq!(app.runner(&runner).await["unresponsive"], false);
+    crate::helpers::eventually("the silent runner is flagged", std::time::Duration::from_secs(20), || async {
+        app.runner(&runner).await["unresponsive"] == true
+    })
+    .await;
+    // Several sweeps with reaping on have run since the last heartbeat.
+    let out = app.ec2.describe_instances().instance_ids(&instance).send().await.unwrap();
+    let state = out.reservations()[0].instances()[0].state().unwrap().name().unwrap().as_str().to_owned();
+    assert_eq!(state, "running");
+    assert_eq!(app.runner(&runner).await["observed_state"], "running");
+    let r = post_event(&app, &token, &event(&runner, "heartbeat", Uuid::new_v4(), json!({}))).await;
+    assert_eq!(r.status, 202);
+    assert_eq!(app.runner(&runner).await["unresponsive"], false, "heard from again");
+}

@@ -1,7 +1,9 @@
 //! GeoNEX-core workers: the consumers that carry out commands, their handlers and
 //! retry policy, the relay that re-publishes and rescues, the cloud port with its
-//! adapters, and the e-mail handler with the mailer port and its adapters.
+//! adapters, the e-mail handler with the mailer port and its adapters, and the
+//! on-instance agent (`geonex agent`).
 
+pub mod agent;
 pub mod cloud;
 pub mod consumer;
 pub mod email;
