@@ -319,7 +319,12 @@ async fn execute(argv: &[String], timeout: Duration, tail_bytes: usize) -> (Opti
     let Some((program, args)) = argv.split_first() else {
         return (None, "empty command".into());
     };
-    let child = tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    // Its own process group, so a timeout ends everything it started (a shell
+    // script's children too), not just the first process.
+    #[cfg(unix)]
+    command.process_group(0);
+    let child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -358,6 +363,15 @@ async fn execute(argv: &[String], timeout: Duration, tail_bytes: usize) -> (Opti
         Ok(Ok(status)) => status.code(),
         Ok(Err(_)) => None,
         Err(_) => {
+            #[cfg(unix)]
+            if let Some(pid) = child.id() {
+                let _ = tokio::process::Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{pid}")])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .await;
+            }
             let _ = child.kill().await;
             let mut t = tail.lock().await;
             t.extend_from_slice(format!("\n[killed after {}s]", timeout.as_secs()).as_bytes());
@@ -383,8 +397,11 @@ mod tests {
         let (code, tail) = execute(&argv("printf 0123456789; echo err >&2; exit 7"), Duration::from_secs(10), 8).await;
         assert_eq!(code, Some(7));
         assert_eq!(tail.len(), 8, "{tail}");
-        let (code, tail) = execute(&argv("sleep 30"), Duration::from_millis(200), 100).await;
+        let begun = Instant::now();
+        let (code, tail) = execute(&argv("sleep 30; echo never"), Duration::from_millis(200), 100).await;
         assert_eq!(code, None);
+        // The whole group went: nothing held the output open until the readers gave up.
+        assert!(begun.elapsed() < Duration::from_secs(2), "{:?}", begun.elapsed());
         assert!(tail.contains("killed"), "{tail}");
         let (code, _) = execute(&["/no/such/program".to_owned()], Duration::from_secs(1), 100).await;
         assert_eq!(code, None);
