@@ -25,6 +25,8 @@ pub enum Command {
     Api,
     /// Run only workers and the relay (start several to scale out).
     Worker,
+    /// Run a runner's on-instance agent (configured by `GEONEX_AGENT__*`).
+    Agent,
     /// Apply database migrations and exit.
     Migrate,
     /// Manage user accounts.
@@ -100,6 +102,16 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         Command::Serve => serve(settings, Role::Serve).await,
         Command::Api => serve(settings, Role::Api).await,
         Command::Worker => serve(settings, Role::Worker).await,
+        Command::Agent => {
+            let token = tokio_util::sync::CancellationToken::new();
+            let stop = token.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("agent stopping: letting running containers finish");
+                stop.cancel();
+            });
+            geonex_worker::agent::run(settings.agent, token).await
+        }
         Command::Migrate => {
             Ports::connect(&settings).await?;
             println!("database is up to date");

@@ -15,6 +15,7 @@ use geonex_shared::queue::Queue;
 use geonex_shared::queue::local::LocalQueue;
 use geonex_shared::queue::rabbitmq::{RabbitQueue, Topology};
 use geonex_shared::store::Store;
+use geonex_shared::store::containers::ContainerStore;
 use geonex_shared::store::email::EmailStore;
 use geonex_shared::store::images::ImageStore;
 use geonex_shared::store::postgres::PgStore;
@@ -31,7 +32,7 @@ use geonex_worker::mailer::Mailer;
 use geonex_worker::mailer::file::FileMailer;
 use geonex_worker::mailer::smtp::SmtpMailer;
 use geonex_worker::relay::Relay;
-use geonex_worker::runner::RunnerHandler;
+use geonex_worker::runner::{AgentEndpoints, RunnerHandler};
 use geonex_worker::s3events::EventIntake;
 use geonex_worker::s3usage::{S3UsageHandler, ScanScheduler, Scanner};
 use geonex_worker::storage::s3::S3ObjectStore;
@@ -68,6 +69,7 @@ pub struct Ports {
     pub images: Arc<dyn ImageStore>,
     pub email: Arc<dyn EmailStore>,
     pub usage: Arc<dyn UsageStore>,
+    pub containers: Arc<dyn ContainerStore>,
     pub queue: Arc<dyn Queue>,
 }
 
@@ -111,7 +113,8 @@ impl Ports {
             fleet: store.clone(),
             images: store.clone(),
             email: store.clone(),
-            usage: store,
+            usage: store.clone(),
+            containers: store,
             queue,
         })
     }
@@ -263,7 +266,12 @@ impl Application {
             let handler = RunnerHandler::new(
                 cloud.clone(),
                 ports.store.clone(),
+                ports.containers.clone(),
                 template,
+                AgentEndpoints {
+                    api_url: settings.api.public_url.clone(),
+                    queue_url: settings.agent.queue_url.clone(),
+                },
                 Duration::from_secs(settings.worker.instance_wait_secs),
                 Duration::from_millis(settings.worker.instance_poll_ms),
             );
@@ -297,6 +305,7 @@ impl Application {
                 fleet: ports.fleet.clone(),
                 images: ports.images.clone(),
                 email: ports.email.clone(),
+                containers: ports.containers.clone(),
                 admin_recipients: settings.email.admin_recipients.clone(),
                 dispatcher: dispatcher.clone(),
                 instance_types: InstanceTypePolicy::new(settings.ec2.allowed_instance_types.clone()),

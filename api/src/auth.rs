@@ -32,6 +32,45 @@ pub enum Access {
     Registration,
     /// A caller with at least this role.
     Role(Role),
+    /// A runner's on-instance agent, with that runner's agent token; the
+    /// handler checks that the token's runner is the one the request names.
+    Agent,
+}
+
+/// The authenticated agent, available to handlers as `Extension<AgentCaller>`.
+#[derive(Debug, Clone)]
+pub struct AgentCaller {
+    pub runner_id: String,
+}
+
+/// Resolves an agent token. User tokens are refused with 403: they are valid,
+/// just not here.
+pub async fn authenticate_agent(app: &AppState, headers: &HeaderMap) -> Result<AgentCaller, Response> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(unauthorized("authentication required: send Authorization: Bearer <agent token>"));
+    };
+    let text = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .ok_or_else(|| unauthorized("malformed Authorization header: expected Bearer <token>"))?;
+    let presented = PresentedToken::parse(text).ok_or_else(|| unauthorized("invalid token"))?;
+    if presented.kind != TokenKind::Agent {
+        return Err(ApiError::Forbidden("only a runner's agent token may post runner events".into()).into_response());
+    }
+    let record = match app.containers.agent_token(presented.token_id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return Err(unauthorized("invalid token")),
+        Err(e) => return Err(ApiError::from(e).into_response()),
+    };
+    if !presented.matches(&record.secret_hash) {
+        return Err(unauthorized("invalid token"));
+    }
+    if record.revoked_at.is_some() {
+        return Err(unauthorized("token revoked"));
+    }
+    Ok(AgentCaller { runner_id: record.runner_id })
 }
 
 /// The authenticated caller, available to handlers as `Extension<Caller>`.
@@ -87,6 +126,15 @@ pub async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Caller,
 pub async fn guard(State(app): State<AppState>, access: Access, mut req: Request, next: Next) -> Response {
     let min = match access {
         Access::Public => return next.run(req).await,
+        Access::Agent => {
+            return match authenticate_agent(&app, req.headers()).await {
+                Ok(agent) => {
+                    req.extensions_mut().insert(agent);
+                    next.run(req).await
+                }
+                Err(r) => r,
+            };
+        }
         Access::Registration if app.auth.open_registration => {
             // Registration is open, but an administrator's token still counts
             // (it lets them choose the new user's role).

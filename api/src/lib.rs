@@ -21,6 +21,7 @@ use geonex_shared::dispatch::Dispatcher;
 use geonex_shared::domain::{InstanceTypePolicy, Role};
 use geonex_shared::store::Store;
 use geonex_shared::store::fleet::FleetStore;
+use geonex_shared::store::containers::ContainerStore;
 use geonex_shared::store::email::EmailStore;
 use geonex_shared::store::images::ImageStore;
 use geonex_shared::store::users::UserStore;
@@ -34,7 +35,7 @@ use utoipa::OpenApi;
 
 use crate::auth::{Access, LoginThrottle};
 use crate::error::ApiError;
-use crate::routes::{describe, email, images, ops, runners, usage, users};
+use crate::routes::{containers, describe, email, images, ops, runners, usage, users};
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
@@ -44,6 +45,7 @@ pub struct AppState {
     pub fleet: Arc<dyn FleetStore>,
     pub images: Arc<dyn ImageStore>,
     pub email: Arc<dyn EmailStore>,
+    pub containers: Arc<dyn ContainerStore>,
     /// Who hears about new image requests; empty means every administrator.
     pub admin_recipients: Vec<String>,
     pub dispatcher: Dispatcher,
@@ -70,10 +72,11 @@ pub struct AppState {
         images::register_image, images::approve_image, images::reject_image, images::describe_images,
         email::send_email,
         usage::get_s3_usage,
+        containers::runner_events, containers::describe_containers, containers::describe_runner_containers,
         ops::replay_command, ops::healthz, ops::readyz, ops::openapi,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, runners::Accepted, ops::ReplayResult,
-        images::ImageList, usage::S3Usage, usage::OutputUsageBody)),
+        images::ImageList, containers::ContainerList, containers::RunnerContainersList, usage::S3Usage, usage::OutputUsageBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -103,7 +106,7 @@ fn route(path: &'static str, methods: &'static [&'static str], access: Access, h
 /// Every route of the API. The router is built from this table, each route
 /// wrapped in its access guard; the OpenAPI and authorization tests walk it too.
 pub fn routes() -> Vec<RouteSpec> {
-    use Access::{Public, Registration};
+    use Access::{Agent, Public, Registration};
     const GET_POST: &[&str] = &["GET", "POST"];
     let operator = Access::Role(Role::Operator);
     let user = Access::Role(Role::User);
@@ -121,6 +124,9 @@ pub fn routes() -> Vec<RouteSpec> {
         route("/describe-runners", &["GET"], user, get(describe::describe_runners)),
         route("/describe-commands", &["GET"], operator, get(describe::describe_commands)),
         route("/describe-command", &["GET"], operator, get(describe::describe_command)),
+        route("/describe-containers", &["GET"], user, get(containers::describe_containers)),
+        route("/describe-runner-containers", &["GET"], user, get(containers::describe_runner_containers)),
+        route("/runner-events", &["POST"], Agent, post(containers::runner_events)),
         route("/describe-orphans", &["GET"], operator, get(describe::describe_orphans)),
         route("/get-s3-usage", GET_POST, user, get(usage::get_s3_usage).post(usage::get_s3_usage)),
         route("/replay-command", &["POST"], admin, post(ops::replay_command)),

@@ -52,6 +52,7 @@ pub struct Settings {
     pub api: ApiSettings,
     pub auth: AuthSettings,
     pub email: EmailSettings,
+    pub agent: AgentSettings,
     pub log: LogSettings,
 }
 
@@ -75,6 +76,7 @@ impl Default for Settings {
             api: ApiSettings::default(),
             auth: AuthSettings::default(),
             email: EmailSettings::default(),
+            agent: AgentSettings::default(),
             log: LogSettings::default(),
         }
     }
@@ -321,11 +323,18 @@ pub struct ApiSettings {
     pub request_timeout_ms: u64,
     pub default_page_size: i64,
     pub max_page_size: i64,
+    /// The API's URL as runners' instances reach it; rendered into the user data
+    /// so the on-instance agent can post its events.
+    pub public_url: Option<String>,
+    /// A runner whose agent has not been heard from for this long is shown as
+    /// `unresponsive` (it is never terminated for that).
+    pub unresponsive_after_secs: u64,
 }
 
 impl Default for ApiSettings {
     fn default() -> Self {
-        Self { body_limit_bytes: 64 * 1024, request_timeout_ms: 30_000, default_page_size: 100, max_page_size: 1_000 }
+        Self { body_limit_bytes: 64 * 1024, request_timeout_ms: 30_000, default_page_size: 100, max_page_size: 1_000, public_url: None,
+            unresponsive_after_secs: 300 }
     }
 }
 
@@ -378,6 +387,62 @@ impl Default for EmailSettings {
 impl EmailSettings {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// The on-instance agent (`geonex agent`). The worker renders `queue_url` into
+/// the user data; the agent reads the rest from its own environment.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct AgentSettings {
+    /// The SQS queue of new-data notifications (S3 events, bare or in SNS envelopes).
+    pub queue_url: Option<String>,
+    /// The control plane's API, e.g. `https://geonex.example.org`.
+    pub api_url: Option<String>,
+    /// This runner's agent token (`gnxa_…`).
+    #[serde(serialize_with = "redact")]
+    pub token: Option<SecretString>,
+    pub runner_id: Option<String>,
+    pub image_name: Option<String>,
+    pub s3_output: Option<String>,
+    pub instance_id: Option<String>,
+    /// The program run once per notification, split on whitespace; `{input_url}`,
+    /// `{s3_output}`, `{runner_id}`, `{image_name}` and `{container_id}` are
+    /// replaced in each word.
+    pub command: String,
+    /// Containers run at once.
+    pub concurrency: usize,
+    /// A container running longer is killed and reported `failed`.
+    pub timeout_secs: u64,
+    /// Where events wait while the API is unreachable.
+    pub spool_dir: PathBuf,
+    pub heartbeat_secs: u64,
+    /// SQS long-poll wait (at most 20).
+    pub wait_secs: i32,
+    /// Bytes of a container's output kept as its log tail.
+    pub log_tail_bytes: usize,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            queue_url: None,
+            api_url: None,
+            token: None,
+            runner_id: None,
+            image_name: None,
+            s3_output: None,
+            instance_id: None,
+            command: "docker run --rm -e INPUT_URL={input_url} -e S3_OUTPUT={s3_output} -e RUNNER_ID={runner_id} \
+                      -e CONTAINER_ID={container_id} {image_name}"
+                .into(),
+            concurrency: 2,
+            timeout_secs: 3_600,
+            spool_dir: PathBuf::from("/var/lib/geonex-agent"),
+            heartbeat_secs: 60,
+            wait_secs: 20,
+            log_tail_bytes: 4_096,
+        }
     }
 }
 

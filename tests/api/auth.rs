@@ -113,6 +113,14 @@ async fn every_route_refuses_missing_garbage_expired_revoked_and_too_weak_tokens
                 Access::Public => None,
                 Access::Registration => None,
                 Access::Role(r) => Some(r),
+                // Agent routes have their own checks, in tests/api/agent.rs.
+                Access::Agent => {
+                    let anonymous = call(&app, method, path, None).await;
+                    assert_eq!(anonymous.status, 401, "{method} {path} without a token");
+                    let r = call(&app, method, path, Some(&app.token)).await;
+                    assert_eq!(r.status, 403, "{method} {path} with a user token");
+                    continue;
+                }
             };
             let anonymous = call(&app, method, path, None).await;
             match min {

@@ -1,5 +1,6 @@
 //! End-to-end tests against real Postgres, RabbitMQ, moto (EC2) and an SMTP server.
 
+mod agent;
 mod auth;
 mod describe;
 mod durability;

@@ -45,7 +45,8 @@ async fn start_runner_launches_a_tagged_instance_with_user_data_and_describe_sho
     let user_data = user_data_of(&app.ec2, instance_id).await;
     assert!(user_data.contains("IMAGE='geonex/active_fire_go16abi15:1.5'"), "{user_data}");
     assert!(user_data.contains("S3_OUTPUT='s3://geonex/GO16_ABI15'"), "{user_data}");
-    assert!(user_data.contains("docker run"), "{user_data}");
+    assert!(user_data.contains("/usr/local/bin/geonex agent"), "{user_data}");
+    assert!(user_data.contains("GEONEX_AGENT__TOKEN='gnxa_"), "{user_data}");
 
     let runner = app.runner(&runner_id).await;
     assert_eq!(runner["observed_state"], "running");

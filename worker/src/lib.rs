@@ -1,9 +1,10 @@
 //! GeoNEX-core workers: the consumers that carry out commands, their handlers and
 //! retry policy, the relay that re-publishes and rescues, the cloud port with its
-//! adapters, the e-mail handler with the mailer port and its adapters, and S3
-//! output usage (scans, their schedule, S3 event intake) over the object storage
-//! port.
+//! adapters, the e-mail handler with the mailer port and its adapters, S3 output
+//! usage (scans, their schedule, S3 event intake) over the object storage port,
+//! and the on-instance agent (`geonex agent`).
 
+pub mod agent;
 pub mod cloud;
 pub mod consumer;
 pub mod email;

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use geonex_shared::domain::{Action, ObservedState};
+use geonex_shared::auth::{TokenKind, mint_token};
+use geonex_shared::store::containers::ContainerStore;
 use geonex_shared::store::{CommandRecord, RunnerObservation, RunnerRecord, Store};
+use secrecy::ExposeSecret;
 use serde_json::json;
 
 use async_trait::async_trait;
@@ -24,9 +27,18 @@ use crate::user_data::{UserDataContext, UserDataTemplate};
 pub struct RunnerHandler {
     cloud: Arc<dyn Cloud>,
     store: Arc<dyn Store>,
+    tokens: Arc<dyn ContainerStore>,
     template: UserDataTemplate,
+    agent: AgentEndpoints,
     wait: Duration,
     poll: Duration,
+}
+
+/// Where the on-instance agent reports and listens, rendered into the user data.
+#[derive(Debug, Clone, Default)]
+pub struct AgentEndpoints {
+    pub api_url: Option<String>,
+    pub queue_url: Option<String>,
 }
 
 /// The runner parameters a command applies, from its stored params with the
@@ -54,19 +66,31 @@ impl RunnerHandler {
     pub fn new(
         cloud: Arc<dyn Cloud>,
         store: Arc<dyn Store>,
+        tokens: Arc<dyn ContainerStore>,
         template: UserDataTemplate,
+        agent: AgentEndpoints,
         wait: Duration,
         poll: Duration,
     ) -> Self {
-        Self { cloud, store, template, wait, poll }
+        Self { cloud, store, tokens, template, agent, wait, poll }
     }
 
     pub fn cloud(&self) -> &Arc<dyn Cloud> {
         &self.cloud
     }
 
-    fn user_data(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Result<String, HandlerError> {
+    /// Renders the user data with a fresh agent token for the runner. The token is
+    /// stored (as its hash) before the user data leaves this process, so an
+    /// instance never boots with a token the API does not know. Every attempt
+    /// mints its own; older tokens of the same command stay valid because EC2's
+    /// client token may hand back an instance an earlier attempt launched.
+    async fn user_data(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Result<String, HandlerError> {
         let t = Target::of(cmd, runner);
+        let token = mint_token(TokenKind::Agent);
+        self.tokens
+            .insert_agent_token(token.token_id, &runner.runner_id, cmd.command_id, &token.secret_hash)
+            .await
+            .map_err(|e| HandlerError::retryable(e.to_string()))?;
         self.template
             .render(&UserDataContext {
                 runner_id: &runner.runner_id,
@@ -74,8 +98,21 @@ impl RunnerHandler {
                 image_name: t.image_name,
                 s3_output: t.s3_output,
                 command_id: &cmd.command_id.to_string(),
+                api_url: self.agent.api_url.as_deref().unwrap_or(""),
+                queue_url: self.agent.queue_url.as_deref().unwrap_or(""),
+                agent_token: token.text.expose_secret(),
             })
             .map_err(|e| HandlerError::permanent(e.to_string()))
+    }
+
+    /// The instance now boots with user data this command rendered: tokens other
+    /// commands minted for the runner are no longer in use anywhere.
+    async fn retire_tokens(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Result<(), HandlerError> {
+        self.tokens
+            .revoke_agent_tokens(&runner.runner_id, Some(cmd.command_id))
+            .await
+            .map_err(|e| HandlerError::retryable(e.to_string()))?;
+        Ok(())
     }
 
     /// The runner's live instances: the recorded one first, then any other carrying
@@ -108,7 +145,7 @@ impl RunnerHandler {
             runner_name: t.runner_name.to_owned(),
             command_id: cmd.command_id.to_string(),
             instance_type: t.instance_type.to_owned(),
-            user_data: self.user_data(cmd, runner)?,
+            user_data: self.user_data(cmd, runner).await?,
             client_token: format!("geonex-{}", cmd.command_id),
         };
         let launched = self.cloud.launch(&spec).await?;
@@ -166,6 +203,7 @@ impl RunnerHandler {
             }
             None => {
                 let i = self.launch(cmd, runner).await?;
+                self.retire_tokens(cmd, runner).await?;
                 self.wait_until(&i.instance_id, ObservedState::Running).await?;
                 self.observe(&i.instance_id, json!({ "instance_id": i.instance_id, "adopted": false })).await
             }
@@ -176,12 +214,13 @@ impl RunnerHandler {
         let Some(i) = self.live_instance(runner).await? else {
             // Terminated (or never launched): a fresh instance with the new parameters.
             let i = self.launch(cmd, runner).await?;
+            self.retire_tokens(cmd, runner).await?;
             self.wait_until(&i.instance_id, ObservedState::Running).await?;
             return self
                 .observe(&i.instance_id, json!({ "instance_id": i.instance_id, "replaced": runner.instance_id }))
                 .await;
         };
-        let user_data = self.user_data(cmd, runner)?;
+        let user_data = self.user_data(cmd, runner).await?;
         if matches!(i.state, ObservedState::Pending | ObservedState::Running) {
             if i.state == ObservedState::Pending {
                 self.wait_until(&i.instance_id, ObservedState::Running).await?;
@@ -190,6 +229,7 @@ impl RunnerHandler {
         }
         self.wait_until(&i.instance_id, ObservedState::Stopped).await?;
         self.cloud.set_user_data(&i.instance_id, &user_data).await?;
+        self.retire_tokens(cmd, runner).await?;
         self.cloud.start(&i.instance_id).await?;
         self.wait_until(&i.instance_id, ObservedState::Running).await?;
         self.observe(&i.instance_id, json!({ "instance_id": i.instance_id })).await
@@ -219,6 +259,11 @@ impl RunnerHandler {
         };
         self.cloud.terminate(&i.instance_id).await?;
         self.wait_until(&i.instance_id, ObservedState::Terminated).await?;
+        // No instance of the runner remains to use any of its tokens.
+        self.tokens
+            .revoke_agent_tokens(&runner.runner_id, None)
+            .await
+            .map_err(|e| HandlerError::retryable(e.to_string()))?;
         self.observe(&i.instance_id, json!({ "instance_id": i.instance_id })).await
     }
 }

@@ -1,5 +1,6 @@
-//! The instance user data: a cloud-init multipart document whose shell part runs
-//! the runner's image as a container with its S3 output on every boot. Operators
+//! The instance user data: a cloud-init multipart document whose shell part
+//! starts the runner's agent (`geonex agent`) with its configuration on every
+//! boot; the agent runs the image once per new-data notification. Operators
 //! may replace the built-in template with their own file (minijinja syntax).
 //!
 //! Every value is passed through the `sh` filter (POSIX single-quoting), so a
@@ -19,6 +20,12 @@ pub struct UserDataContext<'a> {
     pub image_name: &'a str,
     pub s3_output: &'a str,
     pub command_id: &'a str,
+    /// The API the agent posts its events to; empty when not configured.
+    pub api_url: &'a str,
+    /// The SQS queue of new-data notifications; empty when not configured.
+    pub queue_url: &'a str,
+    /// The runner's agent token: the one secret the user data carries.
+    pub agent_token: &'a str,
 }
 
 pub struct UserDataTemplate {
@@ -68,12 +75,17 @@ mod tests {
                 image_name: "geonex/active_fire_go16abi15:1.5",
                 s3_output: "s3://geonex/GO16_ABI15",
                 command_id: "c-1",
+                api_url: "https://geonex.example.org",
+                queue_url: "https://sqs.us-east-1.amazonaws.com/1/goes",
+                agent_token: "gnxa_x_y",
             })
             .unwrap();
         assert!(out.contains("IMAGE='geonex/active_fire_go16abi15:1.5'"));
         assert!(out.contains("S3_OUTPUT='s3://geonex/GO16_ABI15'"));
         assert!(out.contains(r#"RUNNER_NAME='It'"'"'s prod; rm -rf /'"#));
-        assert!(out.contains("docker run"));
+        assert!(out.contains("GEONEX_AGENT__TOKEN='gnxa_x_y'"));
+        assert!(out.contains("GEONEX_AGENT__API_URL='https://geonex.example.org'"));
+        assert!(out.contains("geonex agent"));
         assert!(out.contains("scripts-user, always"));
     }
 }

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
 use geonex_shared::domain::{Action, CommandStatus, DesiredState, ObservedState};
 use geonex_shared::error::FieldError;
 use geonex_shared::store::{CommandQuery, CommandRecord, RunnerQuery, RunnerRecord};
@@ -17,10 +18,31 @@ use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::params::{Params, encode_cursor};
 
+/// A runner as `/describe-runners` shows it: the record plus what is computed
+/// at read time.
+#[derive(Serialize)]
+pub struct RunnerView {
+    #[serde(flatten)]
+    pub runner: RunnerRecord,
+    /// Running, but its agent has not been heard from (no event) for longer than
+    /// `api.unresponsive_after_secs`. Only shown: such a runner is never reaped.
+    pub unresponsive: bool,
+}
+
+impl RunnerView {
+    pub fn of(runner: RunnerRecord, now: DateTime<Utc>, after: chrono::Duration) -> Self {
+        // Never heard from: count from the last change of the runner's record
+        // (the instance reaching running is one).
+        let last = runner.last_heartbeat_at.unwrap_or(runner.updated_at);
+        let unresponsive = runner.observed_state == ObservedState::Running && now - last > after;
+        Self { runner, unresponsive }
+    }
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct RunnerList {
     #[schema(value_type = Vec<Object>)]
-    pub runners: Vec<RunnerRecord>,
+    pub runners: Vec<RunnerView>,
     /// Pass as `cursor` to get the next page; absent on the last page.
     pub next_cursor: Option<String>,
 }
@@ -96,7 +118,12 @@ pub(crate) fn with_etag(mut r: Response, tag: &str) -> Response {
     ))]
 pub async fn describe_runners(State(app): State<AppState>, headers: HeaderMap, params: Params) -> Result<Response, ApiError> {
     let revision = app.store.runners_revision().await?;
-    let tag = etag("runners", revision, &params);
+    // `unresponsive` changes with the clock alone: the tag also changes every
+    // quarter of the threshold, so a cached page is at most that much behind.
+    let after = chrono::Duration::seconds(i64::try_from(app.settings.unresponsive_after_secs.max(1)).unwrap_or(i64::MAX));
+    let now = Utc::now();
+    let tick = now.timestamp() / (after.num_seconds() / 4).max(1);
+    let tag = etag(&format!("runners-{tick}"), revision, &params);
     if let Some(r) = not_modified(&headers, &tag) {
         return Ok(r);
     }
@@ -116,6 +143,7 @@ pub async fn describe_runners(State(app): State<AppState>, headers: HeaderMap, p
     } else {
         None
     };
+    let runners = runners.into_iter().map(|r| RunnerView::of(r, now, after)).collect();
     Ok(with_etag(Json(RunnerList { runners, next_cursor }).into_response(), &tag))
 }
 

@@ -1,5 +1,6 @@
 //! HTTP handlers, one module per area.
 
+pub mod containers;
 pub mod describe;
 pub mod email;
 pub mod images;

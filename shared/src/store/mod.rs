@@ -5,6 +5,7 @@
 //! adapter can put it in one transaction. S3 output usage has its own port in
 //! `usage.rs`.
 
+pub mod containers;
 pub mod fleet;
 pub mod email;
 pub mod images;

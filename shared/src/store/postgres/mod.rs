@@ -1,6 +1,7 @@
 //! Postgres adapter of the store port (sqlx). Queries are checked at run time:
 //! the same statements are exercised by the integration tests against a real server.
 
+mod containers;
 mod fleet;
 mod email;
 mod images;

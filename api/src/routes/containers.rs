@@ -1,0 +1,271 @@
+//! The agent's event intake (`POST /runner-events`) and the container lists the
+//! dashboard polls (`/describe-containers`, `/describe-runner-containers`).
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use chrono::{DateTime, Utc};
+use geonex_shared::error::FieldError;
+use geonex_shared::store::RunnerQuery;
+use geonex_shared::store::containers::{ContainerQuery, ContainerRecord, EventKind, RunnerEvent};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::AgentCaller;
+use crate::error::{ApiError, ErrorBody};
+use crate::params::{Params, encode_cursor};
+use crate::routes::describe::{etag, not_modified, with_etag};
+
+/// Largest log tail an event may carry.
+pub const MAX_LOG_TAIL_BYTES: usize = 16 * 1024;
+const MAX_TEXT: usize = 2048;
+
+#[derive(Serialize, ToSchema)]
+pub struct EventAccepted {
+    pub event_id: Uuid,
+    /// False when this event id had already been applied (a resend).
+    pub applied: bool,
+}
+
+fn uuid_field(m: &Map<String, Value>, name: &'static str) -> Result<Option<Uuid>, FieldError> {
+    match m.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Uuid::parse_str(s).map(Some).map_err(|_| FieldError::invalid(name, "must be a UUID")),
+        Some(_) => Err(FieldError::invalid(name, "must be a UUID string")),
+    }
+}
+
+fn text_field(m: &Map<String, Value>, name: &'static str, max: usize) -> Result<Option<String>, FieldError> {
+    match m.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.len() > max => Err(FieldError::invalid(name, format!("must be at most {max} bytes"))),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(FieldError::invalid(name, "must be a string")),
+    }
+}
+
+fn int_field(m: &Map<String, Value>, name: &'static str, min: i64, max: i64) -> Result<Option<i64>, FieldError> {
+    match m.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_i64() {
+            Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(FieldError::invalid(name, format!("must be an integer from {min} to {max}"))),
+        },
+    }
+}
+
+/// Validates an event body; every error names its field.
+fn parse_event(body: &[u8]) -> Result<RunnerEvent, FieldError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| FieldError::invalid("body", format!("is not JSON: {e}")))?;
+    let Value::Object(m) = value else {
+        return Err(FieldError::invalid("body", "must be a JSON object"));
+    };
+    let event_id = uuid_field(&m, "event_id")?.ok_or_else(|| FieldError::missing("event_id"))?;
+    let runner_id = text_field(&m, "runner_id", 256)?.filter(|s| !s.is_empty()).ok_or_else(|| FieldError::missing("runner_id"))?;
+    let kind = text_field(&m, "kind", 64)?.ok_or_else(|| FieldError::missing("kind"))?;
+    let kind = EventKind::parse(&kind)
+        .ok_or_else(|| FieldError::invalid("kind", "must be one of: container_started, container_finished, heartbeat"))?;
+    let container_id = uuid_field(&m, "container_id")?;
+    if kind != EventKind::Heartbeat && container_id.is_none() {
+        return Err(FieldError::missing("container_id"));
+    }
+    let instance_id = text_field(&m, "instance_id", 64)?.filter(|s| !s.is_empty());
+    if let Some(i) = &instance_id
+        && geonex_shared::domain::InstanceId::parse(i).is_err()
+    {
+        return Err(FieldError::invalid("instance_id", "must look like i-0123456789abcdef0"));
+    }
+    let at = text_field(&m, "at", 64)?.ok_or_else(|| FieldError::missing("at"))?;
+    let at = DateTime::parse_from_rfc3339(&at)
+        .map_err(|_| FieldError::invalid("at", "must be an RFC 3339 time"))?
+        .with_timezone(&Utc);
+    Ok(RunnerEvent {
+        event_id,
+        runner_id,
+        kind,
+        container_id,
+        instance_id,
+        image_name: text_field(&m, "image_name", 256)?,
+        input_url: text_field(&m, "input_url", MAX_TEXT)?,
+        exit_code: int_field(&m, "exit_code", i64::from(i32::MIN), i64::from(i32::MAX))?.map(|n| n as i32),
+        duration_ms: int_field(&m, "duration_ms", 0, i64::MAX)?,
+        log_tail: text_field(&m, "log_tail", MAX_LOG_TAIL_BYTES)?,
+        at,
+    })
+}
+
+#[utoipa::path(post, path = "/runner-events", tag = "containers", request_body = Object,
+    responses(
+        (status = 202, description = "Applied, or already applied earlier (same event_id)", body = EventAccepted),
+        (status = 400, description = "Malformed event", body = ErrorBody),
+        (status = 401, description = "No, unknown or revoked agent token", body = ErrorBody),
+        (status = 403, description = "Not an agent token, or another runner's", body = ErrorBody),
+    ))]
+pub async fn runner_events(
+    State(app): State<AppState>,
+    Extension(agent): Extension<AgentCaller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let event = parse_event(&body)?;
+    if event.runner_id != agent.runner_id {
+        return Err(ApiError::Forbidden("this token belongs to another runner".into()));
+    }
+    let applied = app.containers.record_event(&event).await?;
+    Ok((StatusCode::ACCEPTED, Json(EventAccepted { event_id: event.event_id, applied })).into_response())
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ContainerList {
+    pub containers: Vec<ContainerRecord>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct DescribeContainersParams {
+    /// running, exited, failed, killed.
+    status: Option<String>,
+    image_name: Option<String>,
+    runner_id: Option<String>,
+    /// Started at or after this RFC 3339 time.
+    since: Option<String>,
+    /// Started before this RFC 3339 time.
+    until: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+fn time_param(params: &Params, name: &'static str) -> Result<Option<DateTime<Utc>>, FieldError> {
+    params.parse_opt(name, |v| {
+        DateTime::parse_from_rfc3339(v)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| FieldError::invalid(name, "must be an RFC 3339 time"))
+    })
+}
+
+fn decode_container_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), FieldError> {
+    let bad = || FieldError::invalid("cursor", "is not a cursor this API returned");
+    let (at, id) = raw.split_once('|').ok_or_else(bad)?;
+    let at = DateTime::parse_from_rfc3339(at).map_err(|_| bad())?.with_timezone(&Utc);
+    Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
+}
+
+#[utoipa::path(get, path = "/describe-containers", tag = "containers", params(DescribeContainersParams),
+    responses(
+        (status = 200, description = "Containers, newest first", body = ContainerList),
+        (status = 304, description = "Unchanged since the ETag given in If-None-Match"),
+        (status = 400, description = "Bad filter, limit or cursor", body = ErrorBody),
+    ))]
+pub async fn describe_containers(State(app): State<AppState>, headers: HeaderMap, params: Params) -> Result<Response, ApiError> {
+    let revision = app.containers.containers_revision().await?;
+    let tag = etag("containers", revision, &params);
+    if let Some(r) = not_modified(&headers, &tag) {
+        return Ok(r);
+    }
+    let limit = params.limit(app.settings.default_page_size, app.settings.max_page_size)?;
+    let status = params.parse_opt("status", |v| match v {
+        "running" | "exited" | "failed" | "killed" => Ok(v.to_owned()),
+        _ => Err(FieldError::invalid("status", "must be one of: running, exited, failed, killed")),
+    })?;
+    let q = ContainerQuery {
+        status,
+        image_name: params.get("image_name").map(str::to_owned),
+        runner_id: params.get("runner_id").map(str::to_owned),
+        since: time_param(&params, "since")?,
+        until: time_param(&params, "until")?,
+        before: params.cursor('k')?.map(|c| decode_container_cursor(&c)).transpose()?,
+        limit: limit + 1,
+    };
+    let mut containers = app.containers.list_containers(&q).await?;
+    let next_cursor = if containers.len() as i64 > limit {
+        containers.truncate(limit as usize);
+        containers.last().map(|c| encode_cursor('k', &format!("{}|{}", c.started_at.to_rfc3339(), c.container_id)))
+    } else {
+        None
+    };
+    Ok(with_etag(Json(ContainerList { containers, next_cursor }).into_response(), &tag))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunnerContainers {
+    pub runner_id: String,
+    pub runner_name: String,
+    pub containers: Vec<ContainerRecord>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunnerContainersList {
+    pub runners: Vec<RunnerContainers>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct DescribeRunnerContainersParams {
+    runner_id: Option<String>,
+    /// Runners per page.
+    limit: Option<i64>,
+    cursor: Option<String>,
+    /// Newest containers shown per runner (default 100).
+    per_runner: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/describe-runner-containers", tag = "containers", params(DescribeRunnerContainersParams),
+    responses(
+        (status = 200, description = "Runners, ordered by runner_id, each with its newest containers", body = RunnerContainersList),
+        (status = 304, description = "Unchanged since the ETag given in If-None-Match"),
+        (status = 400, description = "Bad runner_id filter, limit, per_runner or cursor", body = ErrorBody),
+    ))]
+pub async fn describe_runner_containers(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let revision = app.containers.containers_revision().await?.max(app.store.runners_revision().await?);
+    let tag = etag("runner-containers", revision, &params);
+    if let Some(r) = not_modified(&headers, &tag) {
+        return Ok(r);
+    }
+    let limit = params.limit(app.settings.default_page_size, app.settings.max_page_size)?;
+    let per_runner = params.parse_opt("per_runner", |v| match v.parse::<i64>() {
+        Ok(n) if (1..=1_000).contains(&n) => Ok(n),
+        _ => Err(FieldError::invalid("per_runner", "must be an integer from 1 to 1000")),
+    })?;
+    let q = RunnerQuery {
+        runner_id: params.get("runner_id").map(str::to_owned),
+        observed: None,
+        desired: None,
+        after_runner_id: params.cursor('r')?,
+        limit: limit + 1,
+    };
+    let mut runners = app.store.list_runners(&q).await?;
+    let next_cursor = if runners.len() as i64 > limit {
+        runners.truncate(limit as usize);
+        runners.last().map(|r| encode_cursor('r', &r.runner_id))
+    } else {
+        None
+    };
+    let ids: Vec<String> = runners.iter().map(|r| r.runner_id.clone()).collect();
+    let mut by_runner: BTreeMap<String, Vec<ContainerRecord>> = BTreeMap::new();
+    for c in app.containers.runner_containers(&ids, per_runner.unwrap_or(100)).await? {
+        by_runner.entry(c.runner_id.clone()).or_default().push(c);
+    }
+    let runners = runners
+        .into_iter()
+        .map(|r| RunnerContainers {
+            containers: by_runner.remove(&r.runner_id).unwrap_or_default(),
+            runner_id: r.runner_id,
+            runner_name: r.runner_name,
+        })
+        .collect();
+    Ok(with_etag(Json(RunnerContainersList { runners, next_cursor }).into_response(), &tag))
+}
