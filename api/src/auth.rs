@@ -46,16 +46,7 @@ pub struct AgentCaller {
 /// Resolves an agent token. User tokens are refused with 403: they are valid,
 /// just not here.
 pub async fn authenticate_agent(app: &AppState, headers: &HeaderMap) -> Result<AgentCaller, Response> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Err(unauthorized("authentication required: send Authorization: Bearer <agent token>"));
-    };
-    let text = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
-        .ok_or_else(|| unauthorized("malformed Authorization header: expected Bearer <token>"))?;
-    let presented = PresentedToken::parse(text).ok_or_else(|| unauthorized("invalid token"))?;
+    let presented = presented_token(headers, "Bearer <agent token>")?;
     if presented.kind != TokenKind::Agent {
         return Err(ApiError::Forbidden("only a runner's agent token may post runner events".into()).into_response());
     }
@@ -89,10 +80,10 @@ fn unauthorized(message: &str) -> Response {
     r
 }
 
-/// Resolves the bearer token to a caller.
-pub async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Caller, Response> {
+/// The token of the `Authorization: Bearer …` header, parsed but not yet checked.
+fn presented_token(headers: &HeaderMap, expected: &str) -> Result<PresentedToken, Response> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Err(unauthorized("authentication required: send Authorization: Bearer <token>"));
+        return Err(unauthorized(&format!("authentication required: send Authorization: {expected}")));
     };
     let text = value
         .to_str()
@@ -100,7 +91,12 @@ pub async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Caller,
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .ok_or_else(|| unauthorized("malformed Authorization header: expected Bearer <token>"))?;
-    let presented = PresentedToken::parse(text).ok_or_else(|| unauthorized("invalid token"))?;
+    PresentedToken::parse(text).ok_or_else(|| unauthorized("invalid token"))
+}
+
+/// Resolves the bearer token to a caller.
+pub async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Caller, Response> {
+    let presented = presented_token(headers, "Bearer <token>")?;
     if presented.kind == TokenKind::Agent {
         return Err(ApiError::Forbidden("an agent token can only post its runner's events".into()).into_response());
     }
