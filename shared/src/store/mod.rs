@@ -1,5 +1,6 @@
 //! The store port: everything the API and the workers read and write about
-//! commands and runners. Postgres is the production adapter (`postgres.rs`).
+//! commands and runners. Postgres is the production adapter (`postgres/`), SQLite
+//! the embedded one (`sqlite/`).
 //!
 //! Every state change a caller needs to be atomic is one method here, so an
 //! adapter can put it in one transaction. S3 output usage has its own port in
@@ -11,6 +12,7 @@ pub mod email;
 pub mod images;
 mod plan;
 pub mod postgres;
+pub mod sqlite;
 pub mod users;
 mod postgres_usage;
 pub mod usage;

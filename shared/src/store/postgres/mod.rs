@@ -22,7 +22,7 @@ use crate::store::{
     RunnerObservation, RunnerQuery, RunnerRecord, Store, StoreError, SubmitError, Submitted, plan_runner_command,
 };
 
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 #[derive(Clone)]
 pub struct PgStore {
