@@ -1,0 +1,7 @@
+//! The store contract: every store port behaves the same on Postgres and on
+//! SQLite. Each case is a function generic over the port it exercises; `contract!`
+//! runs it once against a fresh Postgres database and once against a fresh SQLite
+//! file.
+
+#[macro_use]
+mod harness;
