@@ -15,11 +15,19 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
-use crate::store::StoreError;
+use crate::domain::{Action, CommandStatus, DesiredState, ObservedState};
+use crate::store::{CommandRecord, RunnerRecord, StoreError};
+
+mod containers;
+mod email;
+mod fleet;
+mod images;
+mod usage;
+mod users;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -47,6 +55,67 @@ pub(crate) fn uuid_text(id: Uuid) -> String {
 
 pub(crate) fn uuid_from(s: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(s).map_err(|e| StoreError::Other(format!("bad uuid {s:?} in database: {e}")))
+}
+
+/// JSON stored as TEXT.
+pub(crate) fn json_from(s: &str) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Other(format!("bad JSON in database: {e}")))
+}
+
+fn decode<T>(value: Option<T>, what: &str, raw: &str) -> Result<T, StoreError> {
+    value.ok_or_else(|| StoreError::Other(format!("unexpected {what} {raw:?} in database")))
+}
+
+pub(crate) const COMMAND_COLUMNS: &str = "command_id, seq, action, runner_id, params, status, attempts, max_attempts, \
+     last_error, result, requested_by, trace_id, created_at, updated_at, started_at, finished_at, next_attempt_at";
+
+pub(crate) const RUNNER_COLUMNS: &str = "runner_id, runner_name, instance_type, image_name, s3_output, instance_id, \
+     desired_state, observed_state, last_error, last_heartbeat_at, created_at, updated_at";
+
+pub(crate) fn command_from_row(r: &SqliteRow) -> Result<CommandRecord, StoreError> {
+    let command_id: String = r.try_get("command_id")?;
+    let action: String = r.try_get("action")?;
+    let status: String = r.try_get("status")?;
+    let params: String = r.try_get("params")?;
+    let result: Option<String> = r.try_get("result")?;
+    Ok(CommandRecord {
+        command_id: uuid_from(&command_id)?,
+        seq: r.try_get("seq")?,
+        action: decode(Action::parse(&action), "action", &action)?,
+        runner_id: r.try_get("runner_id")?,
+        status: decode(CommandStatus::parse(&status), "status", &status)?,
+        attempts: r.try_get("attempts")?,
+        max_attempts: r.try_get("max_attempts")?,
+        last_error: r.try_get("last_error")?,
+        requested_by: r.try_get("requested_by")?,
+        trace_id: r.try_get("trace_id")?,
+        params: json_from(&params)?,
+        result: result.as_deref().map(json_from).transpose()?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+        next_attempt_at: r.try_get("next_attempt_at")?,
+    })
+}
+
+pub(crate) fn runner_from_row(r: &SqliteRow) -> Result<RunnerRecord, StoreError> {
+    let desired: String = r.try_get("desired_state")?;
+    let observed: String = r.try_get("observed_state")?;
+    Ok(RunnerRecord {
+        runner_id: r.try_get("runner_id")?,
+        runner_name: r.try_get("runner_name")?,
+        instance_type: r.try_get("instance_type")?,
+        image_name: r.try_get("image_name")?,
+        s3_output: r.try_get("s3_output")?,
+        instance_id: r.try_get("instance_id")?,
+        desired_state: decode(DesiredState::parse(&desired), "desired_state", &desired)?,
+        observed_state: decode(ObservedState::parse(&observed), "observed_state", &observed)?,
+        last_error: r.try_get("last_error")?,
+        last_heartbeat_at: r.try_get("last_heartbeat_at")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
 }
 
 #[derive(Clone)]

@@ -1,0 +1,1 @@
+//! SQLite adapter of the `UsageStore` port (S3 output usage).
