@@ -6,9 +6,11 @@ use clap::{Parser, Subcommand};
 use geonex_shared::config::Settings;
 use geonex_shared::domain::Action;
 use geonex_shared::store::ReplaySelector;
+use geonex_shared::store::users::UserStore;
+use geonex_shared::store::Store;
 use uuid::Uuid;
 
-use crate::startup::{Application, Ports, Role};
+use crate::startup::{Application, Role, broker, open_database};
 
 #[derive(Parser)]
 #[command(name = "geonex", version, about = "GeoNEX-core: control plane for GEONEX real-time runners")]
@@ -113,8 +115,8 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             geonex_worker::agent::run(settings.agent, token).await
         }
         Command::Migrate => {
-            Ports::connect(&settings).await?;
-            println!("database is up to date");
+            let (_, label) = open_database(&settings).await?;
+            println!("database is up to date: {label}");
             Ok(())
         }
         Command::User { command: UserCommand::Create { user_name, admin, role, email, display_name } } => {
@@ -184,20 +186,23 @@ async fn wait_for_signal() {
 }
 
 async fn replay(settings: Settings, selector: ReplaySelector) -> anyhow::Result<()> {
-    let ports = Ports::connect(&settings).await?;
-    let out = ports.store.replay(selector).await?;
+    let (db, _) = open_database(&settings).await?;
+    let out = db.replay(selector).await?;
     for (id, reason) in &out.skipped {
         println!("skipped {id}: {reason}");
     }
     let total = out.replayed.len();
+    let queue = broker(&settings);
     let mut published = 0;
     for (i, c) in out.replayed.iter().enumerate() {
-        // A publish that fails here is not lost: the command is queued and
-        // unpublished, so the relay of any running worker publishes it.
-        match ports.queue.publish(&c.message(), None).await {
+        // A command not published here is not lost: it is queued and unpublished,
+        // so the relay of any running worker (or of `geonex serve` with its
+        // in-process queue) publishes it.
+        let Some(queue) = &queue else { continue };
+        match queue.publish(&c.message(), None).await {
             Ok(()) => {
                 published += 1;
-                ports.store.mark_published(&[c.command_id]).await?;
+                db.mark_published(&[c.command_id]).await?;
             }
             Err(e) => eprintln!("publish of {} deferred to the relay: {e}", c.command_id),
         }
@@ -238,9 +243,8 @@ async fn create_user(
     std::io::stdin().read_line(&mut line)?;
     let password = Password::parse(line.trim_end_matches(['\n', '\r']))?;
     let hash = tokio::task::spawn_blocking(move || password.hash()).await?.map_err(anyhow::Error::msg)?;
-    let ports = Ports::connect(&settings).await?;
-    let user = ports
-        .users
+    let (db, _) = open_database(&settings).await?;
+    let user = db
         .create_user(NewUser {
             user_id: Uuid::now_v7(),
             user_name: name.into_inner(),
@@ -261,11 +265,11 @@ async fn create_token(settings: Settings, name: String, role: String, days: Opti
     use secrecy::ExposeSecret;
     let role = Role::parse(&role).ok_or_else(|| anyhow::anyhow!("role must be user, operator or admin"))?;
     let name = UserName::parse(&name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
-    let ports = Ports::connect(&settings).await?;
+    let (db, _) = open_database(&settings).await?;
     let token = mint_token(TokenKind::Api);
     let expires_at = days.map(|d| chrono::Utc::now() + chrono::Duration::days(i64::from(d)));
     let owner = TokenOwner::Service { name: name.into_inner() };
-    ports.users.insert_token(token.token_id, &token.secret_hash, &owner, role, expires_at).await?;
+    db.insert_token(token.token_id, &token.secret_hash, &owner, role, expires_at).await?;
     eprintln!("token for {} ({role}); shown once, store it now:", owner.label());
     println!("{}", token.text.expose_secret());
     Ok(())

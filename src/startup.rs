@@ -14,11 +14,12 @@ use geonex_shared::domain::InstanceTypePolicy;
 use geonex_shared::queue::Queue;
 use geonex_shared::queue::local::LocalQueue;
 use geonex_shared::queue::rabbitmq::{RabbitQueue, Topology};
-use geonex_shared::store::Store;
+use geonex_shared::store::{Database, Store};
 use geonex_shared::store::containers::ContainerStore;
 use geonex_shared::store::email::EmailStore;
 use geonex_shared::store::images::ImageStore;
 use geonex_shared::store::postgres::PgStore;
+use geonex_shared::store::sqlite::SqliteStore;
 use geonex_shared::store::fleet::FleetStore;
 use geonex_shared::store::users::UserStore;
 use geonex_shared::store::usage::{S3Output, UsageStore};
@@ -71,32 +72,48 @@ pub struct Ports {
     pub usage: Arc<dyn UsageStore>,
     pub containers: Arc<dyn ContainerStore>,
     pub queue: Arc<dyn Queue>,
+    /// Which database, for the startup summary (no credentials).
+    pub store_label: String,
 }
+
+/// The database of `GEONEX_DATABASE_URL` (`postgres://…` or `sqlite://…`), or
+/// SQLite in the data directory when it is unset; migrated.
+pub async fn open_database(settings: &Settings) -> anyhow::Result<(Arc<dyn Database>, String)> {
+    let db = &settings.database;
+    let timeout = Duration::from_millis(db.acquire_timeout_ms);
+    let (store, label): (Arc<dyn Database>, String) = match settings.database_url() {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let store = PgStore::connect(url, db.max_connections, timeout).await.context("connecting to PostgreSQL")?;
+            (Arc::new(store), "postgres".into())
+        }
+        Some(url) if url.starts_with("sqlite:") => {
+            let store = SqliteStore::connect(url, db.max_connections, timeout.max(SQLITE_BUSY_TIMEOUT))
+                .await
+                .context("opening the SQLite database")?;
+            (Arc::new(store), format!("sqlite ({})", url.trim_start_matches("sqlite:").trim_start_matches("//")))
+        }
+        Some(_) => bail!("GEONEX_DATABASE_URL must start with postgres://, postgresql:// or sqlite://"),
+        None => {
+            let store = SqliteStore::open_in(&settings.data_dir, db.max_connections, SQLITE_BUSY_TIMEOUT)
+                .await
+                .with_context(|| format!("opening the SQLite database in {}", settings.data_dir.display()))?;
+            (Arc::new(store), format!("sqlite ({})", settings.data_dir.join("geonex.db").display()))
+        }
+    };
+    store.migrate().await.context("migrating the database")?;
+    Ok((store, label))
+}
+
+/// How long an SQLite statement waits for another connection's write to finish.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Ports {
     /// Connects every port. `role` decides whether an in-process queue is allowed
     /// (only when one process runs both the API and the workers).
     pub async fn connect_for(settings: &Settings, role: Role) -> anyhow::Result<Self> {
-        let Some(db_url) = settings.database_url() else {
-            bail!("GEONEX_DATABASE_URL is not set: give a postgres:// URL");
-        };
-        let store = PgStore::connect(
-            db_url,
-            settings.database.max_connections,
-            Duration::from_millis(settings.database.acquire_timeout_ms),
-        )
-        .await
-        .context("connecting to the database")?;
-        store.migrate().await.context("migrating the database")?;
-        let store = Arc::new(store);
-        let queue: Arc<dyn Queue> = match settings.amqp_url() {
-            Some(amqp_url) => {
-                let topology = Topology {
-                    prefix: settings.queue.prefix.clone(),
-                    queue_expires_ms: settings.queue.queue_expires_ms,
-                };
-                Arc::new(RabbitQueue::new(amqp_url, topology, Duration::from_millis(settings.queue.publish_timeout_ms)))
-            }
+        let (store, store_label) = open_database(settings).await?;
+        let queue: Arc<dyn Queue> = match broker(settings) {
+            Some(broker) => broker,
             None if role == Role::Serve => {
                 // The in-memory queue starts empty: resume everything unfinished.
                 let resumed = store.recover_unfinished().await.context("recovering unfinished commands")?;
@@ -116,13 +133,16 @@ impl Ports {
             usage: store.clone(),
             containers: store,
             queue,
+            store_label,
         })
     }
+}
 
-    /// Connects for one-shot commands (migrate, replay, user and token management).
-    pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
-        Self::connect_for(settings, Role::Api).await
-    }
+/// The RabbitMQ queue of `GEONEX_AMQP_URL`, if one is configured.
+pub fn broker(settings: &Settings) -> Option<Arc<dyn Queue>> {
+    let url = settings.amqp_url()?;
+    let topology = Topology { prefix: settings.queue.prefix.clone(), queue_expires_ms: settings.queue.queue_expires_ms };
+    Some(Arc::new(RabbitQueue::new(url, topology, Duration::from_millis(settings.queue.publish_timeout_ms))))
 }
 
 /// Whether anything points at AWS (or an emulator of it).
@@ -237,7 +257,8 @@ impl Application {
                 .with_context(|| format!("GEONEX_EMAIL__ADMIN_RECIPIENTS: {a:?}"))?;
         }
         let summary = format!(
-            "store: postgres; queue: {}; cloud: {}; mail: {}",
+            "store: {}; queue: {}; cloud: {}; mail: {}",
+            ports.store_label,
             ports.queue.describe(),
             cloud.describe_self(),
             mailer.describe()

@@ -1,15 +1,21 @@
-//! The describe endpoints: filters, paging, ETag/304, and the API document.
+//! The describe endpoints, in both modes: filters, paging, ETag/304, and the API
+//! document.
 
-use geonex::startup::Role;
+use crate::helpers::{Mode, spawn_app_in, unique};
 
-use crate::helpers::{TestConfig, spawn_app, spawn_app_with, unique};
+in_both_modes!(
+    describe_runners_pages_with_a_cursor_and_answers_304_until_something_changes,
+    describe_commands_filters_by_runner_status_and_action_and_pages_newest_first,
+    the_openapi_document_covers_every_route_and_health_endpoints_answer,
+);
 
-#[tokio::test]
-async fn describe_runners_pages_with_a_cursor_and_answers_304_until_something_changes() {
-    let mut app = spawn_app_with(TestConfig { role: Role::Api, ..TestConfig::default() }).await;
+async fn describe_runners_pages_with_a_cursor_and_answers_304_until_something_changes(mode: Mode) {
+    let mut app = spawn_app_in(mode).await;
     let mut ids: Vec<String> = (0..5).map(|i| unique(&format!("page{i}"))).collect();
     for id in &ids {
-        assert_eq!(app.start_runner(id, "geonex/fire:1.5").await.status, 202);
+        let r = app.start_runner(id, "geonex/fire:1.5").await;
+        assert_eq!(r.status, 202);
+        app.wait_command(r.body["command_id"].as_str().unwrap(), &["succeeded"]).await;
     }
     ids.sort();
     let mut seen = Vec::new();
@@ -31,17 +37,18 @@ async fn describe_runners_pages_with_a_cursor_and_answers_304_until_something_ch
     }
     assert_eq!(seen, ids);
 
-    let first = app.get("/describe-runners?state=requested").await;
+    let first = app.get("/describe-runners?state=running").await;
     assert_eq!(first.body["runners"].as_array().unwrap().len(), 5);
     let etag = first.headers.get("etag").expect("etag").to_str().unwrap().to_owned();
-    let again = app.send(app.http.get(format!("{}/describe-runners?state=requested", app.address)).header("If-None-Match", &etag)).await;
+    let again = app.send(app.http.get(format!("{}/describe-runners?state=running", app.address)).header("If-None-Match", &etag)).await;
     assert_eq!(again.status, 304);
-    let other_query = app.send(app.http.get(format!("{}/describe-runners?state=running", app.address)).header("If-None-Match", &etag)).await;
+    let other_query = app.send(app.http.get(format!("{}/describe-runners?state=stopped", app.address)).header("If-None-Match", &etag)).await;
     assert_eq!(other_query.status, 200, "the ETag covers the query");
 
     // A change to any runner makes the old ETag stale.
-    app.start_runner(&unique("new"), "geonex/fire:1.5").await;
-    let changed = app.send(app.http.get(format!("{}/describe-runners?state=requested", app.address)).header("If-None-Match", &etag)).await;
+    let r = app.start_runner(&unique("new"), "geonex/fire:1.5").await;
+    app.wait_command(r.body["command_id"].as_str().unwrap(), &["succeeded"]).await;
+    let changed = app.send(app.http.get(format!("{}/describe-runners?state=running", app.address)).header("If-None-Match", &etag)).await;
     assert_eq!(changed.status, 200);
     assert_eq!(changed.body["runners"].as_array().unwrap().len(), 6);
 
@@ -54,15 +61,17 @@ async fn describe_runners_pages_with_a_cursor_and_answers_304_until_something_ch
     app.stop_app().await;
 }
 
-#[tokio::test]
-async fn describe_commands_filters_by_runner_status_and_action_and_pages_newest_first() {
-    let mut app = spawn_app_with(TestConfig { role: Role::Api, ..TestConfig::default() }).await;
+async fn describe_commands_filters_by_runner_status_and_action_and_pages_newest_first(mode: Mode) {
+    let mut app = spawn_app_in(mode).await;
     let runner = unique("cmds");
     let mut accepted = Vec::new();
     for _ in 0..3 {
         accepted.push(app.start_runner(&runner, "geonex/fire:1.5").await.body["command_id"].as_str().unwrap().to_owned());
     }
-    app.start_runner(&unique("other"), "geonex/fire:1.5").await;
+    let other = app.start_runner(&unique("other"), "geonex/fire:1.5").await.body["command_id"].as_str().unwrap().to_owned();
+    for id in accepted.iter().chain([&other]) {
+        app.wait_command(id, &["succeeded"]).await;
+    }
     let r = app.get(&format!("/describe-commands?runner_id={runner}&limit=2")).await;
     let page: Vec<_> = r.body["commands"].as_array().unwrap().iter().map(|c| c["command_id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(page, vec![accepted[2].clone(), accepted[1].clone()]);
@@ -75,8 +84,10 @@ async fn describe_commands_filters_by_runner_status_and_action_and_pages_newest_
     for key in ["command_id", "action", "runner_id", "status", "attempts", "last_error", "requested_by", "created_at", "finished_at"] {
         assert!(c.get(key).is_some(), "missing {key}: {c}");
     }
-    let r = app.get("/describe-commands?status=queued&action=start_runner").await;
+    let r = app.get("/describe-commands?status=succeeded&action=start_runner").await;
     assert_eq!(r.body["commands"].as_array().unwrap().len(), 4);
+    let r = app.get("/describe-commands?status=queued").await;
+    assert_eq!(r.body["commands"].as_array().unwrap().len(), 0);
     let r = app.get("/describe-commands?action=stop_runner").await;
     assert_eq!(r.body["commands"].as_array().unwrap().len(), 0);
     for bad in ["status=lost", "action=fly", "cursor=abc"] {
@@ -93,9 +104,8 @@ async fn describe_commands_filters_by_runner_status_and_action_and_pages_newest_
     app.stop_app().await;
 }
 
-#[tokio::test]
-async fn the_openapi_document_covers_every_route_and_health_endpoints_answer() {
-    let app = spawn_app().await;
+async fn the_openapi_document_covers_every_route_and_health_endpoints_answer(mode: Mode) {
+    let app = spawn_app_in(mode).await;
     let doc = app.get("/openapi.json").await;
     assert_eq!(doc.status, 200);
     for spec in geonex_api::routes() {

@@ -11,7 +11,7 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use uuid::Uuid;
 
-use crate::helpers::{TestConfig, amqp_url, eventually, spawn_app_with, unique};
+use crate::helpers::{Mode, TestConfig, amqp_url, eventually, spawn_app_with, unique};
 use crate::proxy::Proxy;
 
 fn topology(app: &crate::helpers::TestApp) -> Topology {
@@ -254,6 +254,58 @@ async fn commands_failing_on_an_unreachable_cloud_are_retried_with_backoff_then_
     let done = app.wait_command(&ca, &["succeeded", "dead"]).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(app.instances_of(&a).await.len(), 1);
+}
+
+in_both_modes!(a_command_failing_until_its_attempts_run_out_is_dead_and_replay_completes_it_after_the_fix);
+
+/// The retry, dead and replay cycle in either mode: the cloud fails every call
+/// (an unreachable EC2 endpoint; a simulated cloud failing every request).
+async fn a_command_failing_until_its_attempts_run_out_is_dead_and_replay_completes_it_after_the_fix(mode: Mode) {
+    let fault = match mode {
+        Mode::Production => ("GEONEX_EC2__ENDPOINT_URL", "http://127.0.0.1:9".to_owned()),
+        Mode::Embedded => ("GEONEX_SIM__ERROR_RATE", "1.0".to_owned()),
+    };
+    let config = TestConfig {
+        extra_env: vec![(fault.0.into(), fault.1), ("GEONEX_WORKER__MAX_ATTEMPTS".into(), "3".into())],
+        ..TestConfig::in_mode(mode)
+    };
+    let mut app = spawn_app_with(config).await;
+    let (a, b) = (unique("dead-a"), unique("dead-b"));
+    let ca = app.start_runner(&a, "geonex/fire:1.5").await.body["command_id"].as_str().unwrap().to_owned();
+    let cb = app.start_runner(&b, "geonex/fire:1.5").await.body["command_id"].as_str().unwrap().to_owned();
+    for id in [&ca, &cb] {
+        let dead = app.wait_command(id, &["dead", "succeeded"]).await;
+        assert_eq!(dead["status"], "dead", "{dead}");
+        assert_eq!(dead["attempts"], 3, "retried until the attempts ran out: {dead}");
+        assert!(dead["last_error"].is_string(), "{dead}");
+    }
+    assert!(app.runner(&a).await["last_error"].is_string());
+    assert_eq!(app.get("/describe-commands?status=dead").await.body["commands"].as_array().unwrap().len(), 2);
+
+    // The operator fixes the cause and restarts the service ...
+    app.stop_app().await;
+    app.deployment.env.retain(|(k, _)| k != fault.0);
+    app.deployment.renew_cloud();
+    let fixed = app.deployment.spawn(Role::Serve).await;
+    app.address = fixed.address.clone();
+    app.app = Some(fixed);
+
+    // ... then replays one command from the command line and the other over HTTP.
+    let out = app.deployment.command(&["replay", "--command-id", &ca]).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&ca));
+    let r = app.send(app.http.post(format!("{}/replay-command", app.address)).form(&[("command_id", cb.as_str())])).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for (runner, id) in [(&a, &ca), (&b, &cb)] {
+        let done = app.wait_command(id, &["succeeded", "dead"]).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(app.instances_of(runner).await.len(), 1);
+        assert_eq!(app.runner(runner).await["observed_state"], "running");
+    }
+    // Nothing is left to replay.
+    let again = app.deployment.command(&["replay", "--all"]).output().await.unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("replayed 0 command(s)"), "{again:?}");
+    app.stop_app().await;
 }
 
 #[tokio::test]

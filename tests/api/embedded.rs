@@ -1,17 +1,18 @@
-//! One `geonex serve` process with the in-process queue and the simulated cloud:
-//! the runner lifecycle, and a kill -9 in the middle of a batch.
+//! One `geonex serve` process as a newcomer runs it: no database URL, no broker,
+//! no AWS variables, no SMTP server — SQLite in the data directory, the
+//! in-process queue, the simulated cloud and the file mailer. The runner
+//! lifecycle, and a kill -9 in the middle of a batch.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use geonex_shared::domain::Role;
 use geonex_shared::store::Store;
-use geonex_shared::store::postgres::PgStore;
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
 
-use crate::helpers::{APPROVED_IMAGES, Deployment, TestConfig, approve_image, service_token, unique};
+use crate::helpers::{APPROVED_IMAGES, Deployment, Mode, TestConfig, TestStore, approve_image, service_token, unique};
 
 struct Server {
     child: tokio::process::Child,
@@ -20,15 +21,20 @@ struct Server {
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
-/// Starts `geonex serve` with no broker and the simulated cloud keeping its state in `data_dir`.
-async fn serve(deployment: &Deployment, data_dir: &Path) -> Server {
+/// Starts `geonex serve` with nothing configured but its data directory (and
+/// quick timings).
+async fn serve(deployment: &Deployment) -> Server {
     let mut cmd = deployment.command(&["serve"]);
-    cmd.env_remove("GEONEX_AMQP_URL")
-        .env_remove("GEONEX_EC2__ENDPOINT_URL")
-        .env_remove("GEONEX_EC2__REGION")
-        .env("GEONEX_CLOUD", "sim")
-        .env("GEONEX_DATA_DIR", data_dir)
-        .env("GEONEX_SIM__BOOT_DELAY_MS", "300")
+    for var in ["GEONEX_CLOUD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_ENDPOINT_URL"] {
+        cmd.env_remove(var);
+    }
+    for (k, _) in &deployment.env {
+        assert!(
+            !["GEONEX_DATABASE_URL", "GEONEX_AMQP_URL", "GEONEX_SMTP_URL"].contains(&k.as_str()) && !k.starts_with("GEONEX_EC2__"),
+            "the embedded deployment configures {k}"
+        );
+    }
+    cmd.env("GEONEX_SIM__BOOT_DELAY_MS", "300")
         .env("GEONEX_SIM__STOP_DELAY_MS", "100")
         .env("GEONEX_SIM__LATENCY_MS", "40")
         .env("GEONEX_LOG__FILTER", "info")
@@ -73,18 +79,16 @@ async fn wait_done(http: &reqwest::Client, token: &str, address: &str, command_i
     }
 }
 
-/// A deployment (its database migrated), an admin token and a fresh data directory.
-async fn setup() -> (Deployment, PgStore, String, PathBuf) {
-    let deployment = Deployment::new(&TestConfig::default()).await;
-    let store = PgStore::connect(&deployment.db.url, 2, Duration::from_secs(5)).await.unwrap();
-    store.migrate().await.unwrap();
+/// An embedded deployment (its SQLite database migrated, images approved) and an
+/// admin token.
+async fn setup() -> (Deployment, TestStore, String) {
+    let deployment = Deployment::new(&TestConfig::in_mode(Mode::Embedded)).await;
+    let store = deployment.store().await;
     for image in APPROVED_IMAGES {
         approve_image(&store, image).await;
     }
     let token = service_token(&store, "embedded", Role::Admin, None).await;
-    let dir = std::env::temp_dir().join(unique("geonex-embedded"));
-    std::fs::create_dir_all(&dir).unwrap();
-    (deployment, store, token, dir)
+    (deployment, store, token)
 }
 
 /// Instances in the simulated cloud's saved state, by runner id.
@@ -100,8 +104,9 @@ fn sim_instances(dir: &Path) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn one_process_with_the_in_process_queue_and_the_simulated_cloud_runs_the_runner_lifecycle() {
-    let (deployment, _store, token, dir) = setup().await;
-    let mut server = serve(&deployment, &dir).await;
+    let (deployment, _store, token) = setup().await;
+    let dir = deployment.data_dir.0.clone();
+    let mut server = serve(&deployment).await;
     let http = reqwest::Client::new();
     let a = &server.address;
 
@@ -109,6 +114,12 @@ async fn one_process_with_the_in_process_queue_and_the_simulated_cloud_runs_the_
     assert_eq!(status, 200, "{ready}");
     assert!(ready["cloud"].as_str().unwrap().contains("SIMULATED"), "{ready}");
     assert_eq!(ready["broker"]["kind"], "in-process queue");
+    // The start says what it chose for each port, where to go, and how to get in.
+    let log = server.log.lock().unwrap().join("\n");
+    let summary = format!("store: sqlite ({})", dir.join("geonex.db").display());
+    assert!(log.contains(&summary), "{log}");
+    assert!(log.contains("queue: in-process") && log.contains("SIMULATED") && log.contains("mail: files in"), "{log}");
+    assert!(log.contains("geonex token create"), "{log}");
 
     let runner = unique("sim");
     let (status, r) = call(&http, &token, format!(
@@ -158,13 +169,13 @@ async fn one_process_with_the_in_process_queue_and_the_simulated_cloud_runs_the_
     assert!(worker_lines.iter().any(|v| v["message"] == "command succeeded"), "{log:#?}");
     assert!(worker_lines.iter().all(|v| v["span"]["command_id"] == r["command_id"]));
     server.child.kill().await.unwrap();
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
 async fn a_server_killed_mid_batch_completes_every_accepted_command_after_restart_with_one_instance_each() {
-    let (deployment, store, token, dir) = setup().await;
-    let mut server = serve(&deployment, &dir).await;
+    let (deployment, store, token) = setup().await;
+    let dir = deployment.data_dir.0.clone();
+    let mut server = serve(&deployment).await;
     let http = reqwest::Client::new();
 
     let mut accepted = Vec::new();
@@ -183,18 +194,14 @@ async fn a_server_killed_mid_batch_completes_every_accepted_command_after_restar
     let before: Vec<String> = {
         let mut v = Vec::new();
         for (_, id) in &accepted {
-            let row: (String,) = sqlx::query_as("select status from command where command_id = $1::uuid")
-                .bind(id)
-                .fetch_one(store.pool())
-                .await
-                .unwrap();
-            v.push(row.0);
+            let command = store.get_command(id.parse().unwrap()).await.unwrap().expect("accepted command stored");
+            v.push(command.status.as_str().to_owned());
         }
         v
     };
     assert!(before.iter().any(|s| s != "succeeded"), "the kill should interrupt the batch: {before:?}");
 
-    let mut server = serve(&deployment, &dir).await;
+    let mut server = serve(&deployment).await;
     for (runner, id) in &accepted {
         let done = wait_done(&http, &token, &server.address, id).await;
         assert_eq!(done["status"], "succeeded", "{runner}: {done}");
@@ -205,5 +212,4 @@ async fn a_server_killed_mid_batch_completes_every_accepted_command_after_restar
         assert_eq!(n, 1, "runner {runner} has {n} simulated instances");
     }
     server.child.kill().await.unwrap();
-    let _ = std::fs::remove_dir_all(dir);
 }

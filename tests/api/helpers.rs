@@ -1,6 +1,12 @@
-//! Test harness: each test gets its own Postgres database, its own RabbitMQ
-//! exchange and queues (a unique prefix; idle queues expire), unique runner ids
-//! in the shared moto server, and a real application bound to port 0.
+//! Test harness. A test runs against one of two deployments:
+//! - production: its own Postgres database, its own RabbitMQ exchange and queues
+//!   (a unique prefix; idle queues expire), unique runner ids in the shared moto
+//!   server;
+//! - embedded: its own data directory holding the SQLite database, with the
+//!   in-process queue, the simulated cloud and the file mailer.
+//!
+//! Either way the application is the real one, bound to port 0. `in_both_modes!`
+//! runs a behaviour test against both, so the two cannot drift apart.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -10,8 +16,12 @@ use aws_sdk_ec2::config::{Credentials, Region};
 use geonex::startup::{Application, Role as AppRole};
 use geonex_shared::domain::Role;
 use geonex_shared::config::Settings;
+use geonex_shared::store::Database;
 use geonex_shared::store::postgres::PgStore;
+use geonex_shared::store::sqlite::SqliteStore;
+use geonex_worker::cloud::Cloud;
 use geonex_worker::cloud::ec2::Ec2Cloud;
+use geonex_worker::cloud::sim::SimCloud;
 use serde_json::Value;
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
@@ -71,9 +81,58 @@ impl Drop for TestDatabase {
     }
 }
 
+/// A directory for one test, removed when the test ends.
+pub struct TestDir(pub std::path::PathBuf);
+
+impl TestDir {
+    pub fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&dir).expect("create test directory");
+        Self(dir)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Which set of adapters a deployment runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Postgres, RabbitMQ, moto for AWS (and an SMTP server when a test gives one).
+    Production,
+    /// SQLite in the data directory, the in-process queue, the simulated cloud,
+    /// the file mailer.
+    Embedded,
+}
+
+/// `in_both_modes!(case_a, case_b)`: for each `async fn case_a(mode: Mode)` in
+/// the calling module, a test module `case_a` with a `production` and an
+/// `embedded` test.
+macro_rules! in_both_modes {
+    ($($case:ident),* $(,)?) => {
+        $(
+            mod $case {
+                #[tokio::test]
+                async fn production() {
+                    super::$case(crate::helpers::Mode::Production).await
+                }
+
+                #[tokio::test]
+                async fn embedded() {
+                    super::$case(crate::helpers::Mode::Embedded).await
+                }
+            }
+        )*
+    };
+}
+
 /// Options for one application under test.
 #[derive(Clone)]
 pub struct TestConfig {
+    pub mode: Mode,
     pub role: AppRole,
     /// Broker URL (e.g. through a proxy the test controls).
     pub amqp_url: String,
@@ -82,7 +141,13 @@ pub struct TestConfig {
 
 impl Default for TestConfig {
     fn default() -> Self {
-        Self { role: AppRole::Serve, amqp_url: amqp_url(), extra_env: Vec::new() }
+        Self { mode: Mode::Production, role: AppRole::Serve, amqp_url: amqp_url(), extra_env: Vec::new() }
+    }
+}
+
+impl TestConfig {
+    pub fn in_mode(mode: Mode) -> Self {
+        Self { mode, ..Self::default() }
     }
 }
 
@@ -107,49 +172,119 @@ pub fn ec2_client() -> aws_sdk_ec2::Client {
 }
 
 /// The environment of one test's deployment: everything a `geonex` process needs
-/// to join it (database, queue prefix, EC2 endpoint, fast timings).
+/// to join it (database, queue prefix, cloud, fast timings).
 pub struct Deployment {
-    pub db: TestDatabase,
+    pub mode: Mode,
+    /// The Postgres database (production mode).
+    pub db: Option<TestDatabase>,
+    pub data_dir: TestDir,
     pub env: Vec<(String, String)>,
+    /// The simulated cloud of embedded mode, shared by every application of the
+    /// deployment (as one cloud outlives the processes using it).
+    pub sim: Option<Arc<SimCloud>>,
 }
 
 impl Deployment {
     pub async fn new(config: &TestConfig) -> Self {
-        let db = TestDatabase::create().await;
-        let prefix = unique("geonex-test");
+        let data_dir = TestDir::new("geonex-data");
         let mut env: Vec<(String, String)> = [
             ("GEONEX_LISTEN", "127.0.0.1:0".to_owned()),
-            ("GEONEX_DATABASE_URL", db.url.clone()),
-            ("GEONEX_AMQP_URL", config.amqp_url.clone()),
-            ("GEONEX_QUEUE__PREFIX", prefix.clone()),
-            ("GEONEX_EC2__FLEET", prefix.clone()),
-            ("GEONEX_QUEUE__QUEUE_EXPIRES_MS", "60000".into()),
-            ("GEONEX_QUEUE__PUBLISH_TIMEOUT_MS", "1000".into()),
-            ("GEONEX_EC2__ENDPOINT_URL", moto_url()),
-            ("GEONEX_EC2__REGION", "us-east-1".into()),
+            ("GEONEX_DATA_DIR", data_dir.0.display().to_string()),
             ("GEONEX_WORKER__RETRY_BASE_MS", "200".into()),
             ("GEONEX_WORKER__RETRY_CAP_MS", "2000".into()),
-            ("GEONEX_WORKER__BLOCKED_DELAY_MS", "200".into()),
-            ("GEONEX_WORKER__INSTANCE_POLL_MS", "100".into()),
-            ("GEONEX_WORKER__INSTANCE_WAIT_SECS", "20".into()),
             ("GEONEX_WORKER__LEASE_SECS", "30".into()),
             ("GEONEX_RELAY__INTERVAL_MS", "200".into()),
             ("GEONEX_RELAY__GRACE_MS", "1000".into()),
-            ("GEONEX_S3USAGE__ENDPOINT_URL", moto_url()),
-            ("GEONEX_S3USAGE__REGION", "us-east-1".into()),
-            ("GEONEX_S3USAGE__FORCE_PATH_STYLE", "true".into()),
             // Tests that want periodic scans turn them on.
             ("GEONEX_S3USAGE__SCAN_INTERVAL_SECS", "0".into()),
-            ("GEONEX_S3USAGE__SQS_WAIT_SECS", "1".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        let db = match config.mode {
+            Mode::Production => {
+                let db = TestDatabase::create().await;
+                let prefix = unique("geonex-test");
+                env.extend(
+                    [
+                        ("GEONEX_DATABASE_URL", db.url.clone()),
+                        ("GEONEX_AMQP_URL", config.amqp_url.clone()),
+                        ("GEONEX_QUEUE__PREFIX", prefix.clone()),
+                        ("GEONEX_EC2__FLEET", prefix),
+                        ("GEONEX_QUEUE__QUEUE_EXPIRES_MS", "60000".into()),
+                        ("GEONEX_QUEUE__PUBLISH_TIMEOUT_MS", "1000".into()),
+                        ("GEONEX_EC2__ENDPOINT_URL", moto_url()),
+                        ("GEONEX_EC2__REGION", "us-east-1".into()),
+                        ("GEONEX_S3USAGE__ENDPOINT_URL", moto_url()),
+                        ("GEONEX_S3USAGE__REGION", "us-east-1".into()),
+                        ("GEONEX_S3USAGE__FORCE_PATH_STYLE", "true".into()),
+                        ("GEONEX_S3USAGE__SQS_WAIT_SECS", "1".into()),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v)),
+                );
+                Some(db)
+            }
+            Mode::Embedded => {
+                env.extend(
+                    [
+                        ("GEONEX_CLOUD", "sim"),
+                        ("GEONEX_SIM__BOOT_DELAY_MS", "200"),
+                        ("GEONEX_SIM__STOP_DELAY_MS", "100"),
+                        ("GEONEX_WORKER__INSTANCE_POLL_MS", "100"),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned())),
+                );
+                None
+            }
+        };
         for (k, v) in &config.extra_env {
             env.retain(|(ek, _)| ek != k);
             env.push((k.clone(), v.clone()));
         }
-        Self { db, env }
+        let mut deployment = Self { mode: config.mode, db, data_dir, env, sim: None };
+        if config.mode == Mode::Embedded {
+            deployment.sim = Some(Arc::new(deployment.open_sim()));
+        }
+        deployment
+    }
+
+    /// The simulated cloud, its state kept in the data directory as `geonex serve` keeps it.
+    fn open_sim(&self) -> SimCloud {
+        SimCloud::open(Some(self.data_dir.0.join("sim-cloud.json")), self.settings().sim).expect("simulated cloud")
+    }
+
+    /// After a change of settings: the simulated cloud takes the new ones (its
+    /// instances are carried over). Moto needs nothing.
+    pub fn renew_cloud(&mut self) {
+        if self.sim.is_some() {
+            self.sim = Some(Arc::new(self.open_sim()));
+        }
+    }
+
+    /// The store of this deployment, opened beside its applications.
+    pub async fn store(&self) -> TestStore {
+        let store = match &self.db {
+            Some(db) => TestStore::Postgres(PgStore::connect(&db.url, 4, Duration::from_secs(5)).await.expect("store")),
+            None => TestStore::Sqlite(
+                SqliteStore::open_in(&self.data_dir.0, 4, Duration::from_secs(10)).await.expect("store"),
+            ),
+        };
+        store.migrate().await.expect("migrate");
+        store
+    }
+
+    /// The cloud as this deployment's applications see it.
+    pub fn cloud(&self) -> Arc<dyn Cloud> {
+        match &self.sim {
+            Some(sim) => sim.clone(),
+            None => {
+                let settings = self.settings();
+                let endpoint = settings.ec2.endpoint_url.clone().unwrap_or_else(moto_url);
+                Arc::new(Ec2Cloud::with_config(&ec2_sdk_config_for(&endpoint), settings.ec2))
+            }
+        }
     }
 
     pub fn settings(&self) -> Settings {
@@ -164,8 +299,7 @@ impl Deployment {
         if let Ok(filter) = std::env::var("TEST_LOG") {
             geonex::telemetry::init(&geonex_shared::config::LogSettings { format: "pretty".into(), filter });
         }
-        let endpoint = settings.ec2.endpoint_url.clone().unwrap_or_else(moto_url);
-        let cloud = Arc::new(Ec2Cloud::with_config(&ec2_sdk_config_for(&endpoint), settings.ec2.clone()));
+        let cloud = self.cloud();
         let aws = ec2_sdk_config_for(&settings.s3usage.endpoint_url.clone().unwrap_or_else(moto_url));
         let app = Application::build_with(settings, role, cloud, &aws).await.expect("build application");
         let port = app.port();
@@ -190,6 +324,9 @@ impl Deployment {
 
 impl Drop for Deployment {
     fn drop(&mut self) {
+        if self.mode == Mode::Embedded {
+            return;
+        }
         // Quorum queues are not free: delete this test's queues and exchanges now
         // rather than waiting for them to expire.
         let prefix = self.settings().queue.prefix;
@@ -234,12 +371,44 @@ pub struct TestApp {
     pub app: Option<RunningApp>,
     pub address: String,
     pub http: reqwest::Client,
-    pub store: PgStore,
+    pub store: TestStore,
+    /// moto's EC2, for production-mode tests that act behind the API's back.
     pub ec2: aws_sdk_ec2::Client,
+}
+
+/// The deployment's store, behind every store port.
+pub enum TestStore {
+    Postgres(PgStore),
+    Sqlite(SqliteStore),
+}
+
+impl std::ops::Deref for TestStore {
+    type Target = dyn Database;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            TestStore::Postgres(s) => s,
+            TestStore::Sqlite(s) => s,
+        }
+    }
+}
+
+impl TestStore {
+    /// The Postgres pool, for production-mode tests that check rows directly.
+    pub fn pool(&self) -> &sqlx::PgPool {
+        match self {
+            TestStore::Postgres(s) => s.pool(),
+            TestStore::Sqlite(_) => panic!("this test reads Postgres rows; run it in production mode"),
+        }
+    }
 }
 
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(TestConfig::default()).await
+}
+
+pub async fn spawn_app_in(mode: Mode) -> TestApp {
+    spawn_app_with(TestConfig::in_mode(mode)).await
 }
 
 /// Images the runner tests use, approved in every test deployment: only approved
@@ -255,24 +424,36 @@ pub const APPROVED_IMAGES: &[&str] = &[
 ];
 
 /// Registers and approves an image straight in the store, as an administrator
-/// would through the API.
-pub async fn approve_image(store: &PgStore, image_name: &str) {
-    sqlx::query(
-        "insert into image (image_name, owner, status, description, organization, decided_by, decided_at) \
-         values ($1, 'test', 'approved', 'test image', 'GeoNEX', 'test', now()) \
-         on conflict (image_name) do update set status = 'approved', decided_by = 'test', decided_at = now(), \
-         reason = null",
-    )
-    .bind(image_name)
-    .execute(store.pool())
-    .await
-    .expect("approve image");
+/// would through the API (without the notices that would send).
+pub async fn approve_image(store: &TestStore, image_name: &str) {
+    const UPSERT: &str = "insert into image (image_name, owner, status, description, organization, decided_by, decided_at) \
+         values ($1, 'test', 'approved', 'test image', 'GeoNEX', 'test', {now}) \
+         on conflict (image_name) do update set status = 'approved', decided_by = 'test', decided_at = {now}, \
+         reason = null";
+    match store {
+        TestStore::Postgres(s) => {
+            sqlx::query(sqlx::AssertSqlSafe(UPSERT.replace("{now}", "now()")))
+                .bind(image_name)
+                .execute(s.pool())
+                .await
+                .expect("approve image");
+        }
+        TestStore::Sqlite(s) => {
+            sqlx::query(sqlx::AssertSqlSafe(
+                UPSERT.replace("$1", "?1").replace("{now}", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"),
+            ))
+            .bind(image_name)
+            .execute(s.pool())
+            .await
+            .expect("approve image");
+        }
+    }
 }
 
 pub async fn spawn_app_with(config: TestConfig) -> TestApp {
     let deployment = Deployment::new(&config).await;
     let app = deployment.spawn(config.role).await;
-    let store = PgStore::connect(&deployment.db.url, 4, Duration::from_secs(5)).await.expect("store");
+    let store = deployment.store().await;
     for image in APPROVED_IMAGES {
         approve_image(&store, image).await;
     }
@@ -296,7 +477,7 @@ pub struct Reply {
 
 /// Mints a service-account token straight into the store.
 pub async fn service_token(
-    store: &PgStore,
+    store: &TestStore,
     name: &str,
     role: Role,
     expires_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -372,10 +553,37 @@ impl TestApp {
         r.body["runners"][0].clone()
     }
 
-    /// Every instance ever launched for this runner, with its state (moto keeps
-    /// terminated instances listed).
+    /// Every instance ever launched for this runner, with its state (moto and the
+    /// simulated cloud keep terminated instances listed).
     pub async fn instances_of(&self, runner_id: &str) -> Vec<(String, String)> {
-        instances_tagged(&self.ec2, runner_id).await
+        match &self.deployment.sim {
+            Some(sim) => sim
+                .instances()
+                .into_iter()
+                .filter(|i| i.tags.get("geonex:runner-id").is_some_and(|r| r == runner_id))
+                .map(|i| (i.instance_id, i.state.as_str().to_owned()))
+                .collect(),
+            None => instances_tagged(&self.ec2, runner_id).await,
+        }
+    }
+
+    /// The cloud, as the application sees it (moto or the simulated cloud).
+    pub fn cloud(&self) -> Arc<dyn Cloud> {
+        self.deployment.cloud()
+    }
+
+    /// An instance's tags, straight from the cloud.
+    pub async fn tags_of(&self, instance_id: &str) -> std::collections::BTreeMap<String, String> {
+        let info = self.cloud().describe(instance_id).await.expect("describe instance").expect("instance exists");
+        info.tags.into_iter().collect()
+    }
+
+    /// An instance's user data, straight from the cloud.
+    pub async fn user_data(&self, instance_id: &str) -> String {
+        match &self.deployment.sim {
+            Some(sim) => sim.user_data(instance_id).expect("simulated instance"),
+            None => user_data_of(&self.ec2, instance_id).await,
+        }
     }
 
     pub async fn stop_app(&mut self) {

@@ -1,11 +1,15 @@
-//! End-to-end tests against real Postgres, RabbitMQ, moto (EC2) and an SMTP server.
+//! End-to-end tests against real Postgres, RabbitMQ, moto (EC2) and an SMTP
+//! server; the behaviour tests also in embedded mode (SQLite, in-process queue,
+//! simulated cloud, file mailer).
+
+#[macro_use]
+mod helpers;
 
 mod agent;
 mod auth;
 mod describe;
 mod durability;
 mod embedded;
-mod helpers;
 mod images;
 mod proxy;
 mod reconcile;

@@ -1,15 +1,25 @@
-//! The runner lifecycle against moto: start, stop, restart, delete, and the rules
-//! that keep one runner to one instance.
+//! The runner lifecycle, in both modes (moto's EC2 and the simulated cloud):
+//! start, stop, restart, delete, and the rules that keep one runner to one
+//! instance.
 
 use std::time::Duration;
 
 use geonex::startup::Role;
+use geonex_worker::cloud::LaunchSpec;
 
-use crate::helpers::{TestConfig, eventually, spawn_app, spawn_app_with, unique, user_data_of};
+use crate::helpers::{Mode, TestConfig, eventually, spawn_app_in, spawn_app_with, unique};
 
-#[tokio::test]
-async fn start_runner_launches_a_tagged_instance_with_user_data_and_describe_shows_it_running() {
-    let app = spawn_app().await;
+in_both_modes!(
+    start_runner_launches_a_tagged_instance_with_user_data_and_describe_shows_it_running,
+    stop_then_restart_with_a_new_image_then_delete_drive_the_instance_through_its_states,
+    restarting_a_runner_whose_instance_was_terminated_outside_the_api_launches_a_fresh_one,
+    the_same_start_sent_twice_makes_exactly_one_instance,
+    an_idempotency_key_returns_the_same_command_and_refuses_a_different_request,
+    a_second_instance_of_one_runner_found_in_the_cloud_is_terminated,
+);
+
+async fn start_runner_launches_a_tagged_instance_with_user_data_and_describe_shows_it_running(mode: Mode) {
+    let app = spawn_app_in(mode).await;
     let runner_id = unique("start");
     let r = app.start_runner(&runner_id, "geonex/active_fire_go16abi15:1.5").await;
     assert_eq!(r.status, 202, "{}", r.body);
@@ -27,22 +37,19 @@ async fn start_runner_launches_a_tagged_instance_with_user_data_and_describe_sho
     let (instance_id, state) = &instances[0];
     assert_eq!(state, "running");
 
-    let described = app
-        .ec2
-        .describe_instances()
-        .instance_ids(instance_id)
-        .send()
-        .await
-        .unwrap();
-    let inst = &described.reservations()[0].instances()[0];
-    let tag = |k: &str| inst.tags().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).map(str::to_owned);
-    assert_eq!(tag("geonex:runner-id").as_deref(), Some(runner_id.as_str()));
-    assert_eq!(tag("geonex:runner-name").as_deref(), Some("Production"));
-    assert_eq!(tag("geonex:command-id").as_deref(), Some(command_id.as_str()));
-    assert_eq!(tag("Name").as_deref(), Some("geonex-runner Production"));
-    assert_eq!(inst.instance_type().map(|t| t.as_str()), Some("m5d.large"));
+    let tags = app.tags_of(instance_id).await;
+    let tag = |k: &str| tags.get(k).map(String::as_str);
+    assert_eq!(tag("geonex:runner-id"), Some(runner_id.as_str()));
+    assert_eq!(tag("geonex:runner-name"), Some("Production"));
+    assert_eq!(tag("geonex:command-id"), Some(command_id.as_str()));
+    assert_eq!(tag("Name"), Some("geonex-runner Production"));
+    if mode == Mode::Production {
+        let described = app.ec2.describe_instances().instance_ids(instance_id).send().await.unwrap();
+        let inst = &described.reservations()[0].instances()[0];
+        assert_eq!(inst.instance_type().map(|t| t.as_str()), Some("m5d.large"));
+    }
 
-    let user_data = user_data_of(&app.ec2, instance_id).await;
+    let user_data = app.user_data(instance_id).await;
     assert!(user_data.contains("IMAGE='geonex/active_fire_go16abi15:1.5'"), "{user_data}");
     assert!(user_data.contains("S3_OUTPUT='s3://geonex/GO16_ABI15'"), "{user_data}");
     assert!(user_data.contains("/usr/local/bin/geonex agent"), "{user_data}");
@@ -59,9 +66,8 @@ async fn start_runner_launches_a_tagged_instance_with_user_data_and_describe_sho
     assert!(runner["last_error"].is_null());
 }
 
-#[tokio::test]
-async fn stop_then_restart_with_a_new_image_then_delete_drive_the_instance_through_its_states() {
-    let app = spawn_app().await;
+async fn stop_then_restart_with_a_new_image_then_delete_drive_the_instance_through_its_states(mode: Mode) {
+    let app = spawn_app_in(mode).await;
     let runner_id = unique("life");
     let r = app.start_runner(&runner_id, "geonex/fire:1.5").await;
     app.wait_command(r.body["command_id"].as_str().unwrap(), &["succeeded"]).await;
@@ -87,7 +93,7 @@ async fn stop_then_restart_with_a_new_image_then_delete_drive_the_instance_throu
     assert_eq!(runner["s3_output"], "s3://geonex/v2");
     assert_eq!(runner["runner_name"], "Prod2");
     assert_eq!(runner["instance_id"], instance_id.as_str(), "a stopped instance is restarted, not replaced");
-    let user_data = user_data_of(&app.ec2, &instance_id).await;
+    let user_data = app.user_data(&instance_id).await;
     assert!(user_data.contains("IMAGE='geonex/fire:2.0'"), "{user_data}");
     assert!(user_data.contains("S3_OUTPUT='s3://geonex/v2'"), "{user_data}");
 
@@ -98,7 +104,7 @@ async fn stop_then_restart_with_a_new_image_then_delete_drive_the_instance_throu
         ))
         .await;
     app.wait_command(r.body["command_id"].as_str().unwrap(), &["succeeded"]).await;
-    assert!(user_data_of(&app.ec2, &instance_id).await.contains("IMAGE='geonex/fire:3.0'"));
+    assert!(app.user_data(&instance_id).await.contains("IMAGE='geonex/fire:3.0'"));
     assert_eq!(app.runner(&runner_id).await["observed_state"], "running");
 
     let r = app.get(&format!("/delete-runner?instance_id={instance_id}&runner_id={runner_id}")).await;
@@ -116,14 +122,13 @@ async fn stop_then_restart_with_a_new_image_then_delete_drive_the_instance_throu
     assert_eq!(r.status, 409);
 }
 
-#[tokio::test]
-async fn restarting_a_runner_whose_instance_was_terminated_outside_the_api_launches_a_fresh_one() {
-    let app = spawn_app().await;
+async fn restarting_a_runner_whose_instance_was_terminated_outside_the_api_launches_a_fresh_one(mode: Mode) {
+    let app = spawn_app_in(mode).await;
     let runner_id = unique("fresh");
     let r = app.start_runner(&runner_id, "geonex/fire:1.5").await;
     app.wait_command(r.body["command_id"].as_str().unwrap(), &["succeeded"]).await;
     let old = app.runner(&runner_id).await["instance_id"].as_str().unwrap().to_owned();
-    app.ec2.terminate_instances().instance_ids(&old).send().await.unwrap();
+    app.cloud().terminate(&old).await.unwrap();
 
     let r = app
         .get(&format!(
@@ -136,14 +141,13 @@ async fn restarting_a_runner_whose_instance_was_terminated_outside_the_api_launc
     let new = runner["instance_id"].as_str().unwrap();
     assert_ne!(new, old);
     assert_eq!(runner["observed_state"], "running");
-    assert!(user_data_of(&app.ec2, new).await.contains("IMAGE='geonex/fire:2.0'"));
+    assert!(app.user_data(new).await.contains("IMAGE='geonex/fire:2.0'"));
     let live: Vec<_> = app.instances_of(&runner_id).await.into_iter().filter(|(_, s)| s != "terminated").collect();
     assert_eq!(live.len(), 1);
 }
 
-#[tokio::test]
-async fn the_same_start_sent_twice_makes_exactly_one_instance() {
-    let app = spawn_app().await;
+async fn the_same_start_sent_twice_makes_exactly_one_instance(mode: Mode) {
+    let app = spawn_app_in(mode).await;
     let runner_id = unique("twice");
     let first = app.start_runner(&runner_id, "geonex/fire:1.5").await;
     let second = app.start_runner(&runner_id, "geonex/fire:1.5").await;
@@ -161,9 +165,8 @@ async fn the_same_start_sent_twice_makes_exactly_one_instance() {
     assert_eq!(r.body["error"]["code"], "runner_exists");
 }
 
-#[tokio::test]
-async fn an_idempotency_key_returns_the_same_command_and_refuses_a_different_request() {
-    let app = spawn_app().await;
+async fn an_idempotency_key_returns_the_same_command_and_refuses_a_different_request(mode: Mode) {
+    let app = spawn_app_in(mode).await;
     let runner_id = unique("idem");
     let url = |image: &str| {
         format!(
@@ -209,30 +212,26 @@ async fn commands_on_one_runner_apply_in_the_order_they_were_accepted() {
     app.stop_app().await;
 }
 
-#[tokio::test]
-async fn a_second_instance_of_one_runner_found_in_the_cloud_is_terminated() {
-    let app = spawn_app().await;
+async fn a_second_instance_of_one_runner_found_in_the_cloud_is_terminated(mode: Mode) {
+    let app = spawn_app_in(mode).await;
     let runner_id = unique("extra");
     let r = app.start_runner(&runner_id, "geonex/fire:1.5").await;
     app.wait_command(r.body["command_id"].as_str().unwrap(), &["succeeded"]).await;
     let kept = app.runner(&runner_id).await["instance_id"].as_str().unwrap().to_owned();
     // Someone launches another instance with the runner's tag.
     let stray = app
-        .ec2
-        .run_instances()
-        .image_id("ami-03cf127a")
-        .min_count(1)
-        .max_count(1)
-        .tag_specifications(
-            aws_sdk_ec2::types::TagSpecification::builder()
-                .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
-                .tags(aws_sdk_ec2::types::Tag::builder().key("geonex:runner-id").value(&runner_id).build())
-                .build(),
-        )
-        .send()
+        .cloud()
+        .launch(&LaunchSpec {
+            runner_id: runner_id.clone(),
+            runner_name: "stray".into(),
+            command_id: unique("by-hand"),
+            instance_type: "t3.micro".into(),
+            user_data: "#!/bin/sh\n".into(),
+            client_token: unique("by-hand"),
+        })
         .await
-        .unwrap();
-    let stray = stray.instances()[0].instance_id().unwrap().to_owned();
+        .unwrap()
+        .instance_id;
     let r = app.get(&format!("/stop-runner?instance_id={kept}&runner_id={runner_id}")).await;
     app.wait_command(r.body["command_id"].as_str().unwrap(), &["succeeded"]).await;
     eventually("stray instance terminated", Duration::from_secs(10), || async {

@@ -91,16 +91,7 @@ impl SmtpServer {
 
     /// Every message received so far, parsed.
     pub fn messages(&self) -> Vec<Value> {
-        let out = Command::new(python())
-            .arg(scripts().join("read_maildir.py"))
-            .arg(self.maildir())
-            .output()
-            .expect("read the Maildir");
-        assert!(out.status.success(), "read_maildir.py: {}", String::from_utf8_lossy(&out.stderr));
-        match serde_json::from_slice(&out.stdout).expect("maildir JSON") {
-            Value::Array(v) => v,
-            other => panic!("unexpected maildir listing {other}"),
-        }
+        read_messages(&self.maildir())
     }
 
     /// Waits until at least `n` messages arrived, and returns them all.
@@ -124,5 +115,76 @@ impl Drop for SmtpServer {
             let _ = c.wait();
         }
         let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Where a deployment's mail lands: a real SMTP server in production mode, the
+/// file mailer's directory in embedded mode. Either way the test reads back the
+/// messages as sent.
+pub struct Mailbox {
+    smtp: Option<SmtpServer>,
+    dir: Option<PathBuf>,
+}
+
+impl Mailbox {
+    pub async fn start(mode: crate::helpers::Mode) -> Self {
+        let smtp = match mode {
+            crate::helpers::Mode::Production => Some(SmtpServer::start().await),
+            crate::helpers::Mode::Embedded => None,
+        };
+        Self { smtp, dir: None }
+    }
+
+    /// The settings that send this deployment's mail here.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("GEONEX_EMAIL__FROM".into(), "GeoNEX <geonex@geonex.test>".into()),
+            ("GEONEX_EMAIL__TIMEOUT_MS".into(), "3000".into()),
+        ];
+        if let Some(smtp) = &self.smtp {
+            env.push(("GEONEX_SMTP_URL".into(), smtp.url()));
+        }
+        env
+    }
+
+    /// Reads the file mailer's outbox of this deployment (embedded mode).
+    pub fn attach(&mut self, deployment: &crate::helpers::Deployment) {
+        self.dir = Some(deployment.data_dir.0.join("mail"));
+    }
+
+    pub fn messages(&self) -> Vec<Value> {
+        match (&self.smtp, &self.dir) {
+            (Some(smtp), _) => smtp.messages(),
+            (None, Some(dir)) if dir.exists() => read_messages(dir),
+            (None, Some(_)) => Vec::new(),
+            (None, None) => panic!("attach the mailbox to the deployment first"),
+        }
+    }
+
+    /// Waits until at least `n` messages arrived, and returns them all.
+    pub async fn wait_for(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let m = self.messages();
+            if m.len() >= n {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "expected {n} messages, got {}: {m:?}", m.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Every message in a Maildir or a directory of `.eml` files, parsed.
+fn read_messages(dir: &std::path::Path) -> Vec<Value> {
+    let out = Command::new(python())
+        .arg(scripts().join("read_maildir.py"))
+        .arg(dir)
+        .output()
+        .expect("read the messages");
+    assert!(out.status.success(), "read_maildir.py: {}", String::from_utf8_lossy(&out.stderr));
+    match serde_json::from_slice(&out.stdout).expect("messages JSON") {
+        Value::Array(v) => v,
+        other => panic!("unexpected message listing {other}"),
     }
 }

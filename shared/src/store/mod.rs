@@ -292,3 +292,22 @@ pub trait Store: Send + Sync + 'static {
     /// Moves dead commands back to `queued` (attempts reset) for re-publishing.
     async fn replay(&self, selector: ReplaySelector) -> Result<Replayed, StoreError>;
 }
+
+/// Every store port: what one database adapter provides. A `dyn Database`
+/// upcasts to any one of them.
+pub trait Database:
+    Store + users::UserStore + fleet::FleetStore + images::ImageStore + email::EmailStore + usage::UsageStore
+    + containers::ContainerStore
+{
+}
+
+impl<T> Database for T where
+    T: Store
+        + users::UserStore
+        + fleet::FleetStore
+        + images::ImageStore
+        + email::EmailStore
+        + usage::UsageStore
+        + containers::ContainerStore
+{
+}

@@ -149,6 +149,12 @@ impl SimCloud {
             i.info()
         }).collect()
     }
+
+    /// The user data an instance was launched with (or last given).
+    pub fn user_data(&self, instance_id: &str) -> Option<String> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.instances.get(instance_id).map(|i| i.user_data.clone())
+    }
 }
 
 fn new_instance_id() -> String {

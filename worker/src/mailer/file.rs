@@ -27,7 +27,12 @@ impl Mailer for FileMailer {
         tokio::fs::create_dir_all(&self.dir)
             .await
             .map_err(|e| MailError::Transient(format!("cannot create {}: {e}", self.dir.display())))?;
-        tokio::fs::write(&path, message.formatted())
+        // Written aside and renamed, so a reader never sees half a message.
+        let partial = self.dir.join(format!(".{name}.partial"));
+        tokio::fs::write(&partial, message.formatted())
+            .await
+            .map_err(|e| MailError::Transient(format!("cannot write {}: {e}", partial.display())))?;
+        tokio::fs::rename(&partial, &path)
             .await
             .map_err(|e| MailError::Transient(format!("cannot write {}: {e}", path.display())))?;
         Ok(format!("written to {}", path.display()))
