@@ -6,8 +6,6 @@ use clap::{Parser, Subcommand};
 use geonex_shared::config::Settings;
 use geonex_shared::domain::Action;
 use geonex_shared::store::ReplaySelector;
-use geonex_shared::store::users::UserStore;
-use geonex_shared::store::Store;
 use uuid::Uuid;
 
 use crate::startup::{Application, Role, broker, open_database};

@@ -6,7 +6,6 @@ use std::time::Duration;
 use geonex::startup::Role;
 use geonex_shared::queue::Queue;
 use geonex_shared::queue::rabbitmq::{RabbitQueue, Topology};
-use geonex_shared::store::Store;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use uuid::Uuid;

@@ -8,7 +8,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use geonex_shared::domain::Role;
-use geonex_shared::store::Store;
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
 

@@ -482,7 +482,7 @@ pub async fn service_token(
     role: Role,
     expires_at: Option<chrono::DateTime<chrono::Utc>>,
 ) -> String {
-    use geonex_shared::store::users::{TokenOwner, UserStore};
+    use geonex_shared::store::users::TokenOwner;
     use secrecy::ExposeSecret;
     let t = geonex_shared::auth::mint_token(geonex_shared::auth::TokenKind::Api);
     store
