@@ -5,3 +5,7 @@
 
 #[macro_use]
 mod harness;
+
+mod core;
+mod fleet;
+mod users;
