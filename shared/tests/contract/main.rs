@@ -5,3 +5,10 @@
 
 #[macro_use]
 mod harness;
+
+mod raw;
+
+mod containers;
+mod email;
+mod images;
+mod usage;
