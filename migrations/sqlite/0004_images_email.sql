@@ -5,8 +5,9 @@
 -- send it twice.
 --
 -- SQLite cannot add CHECK constraints to a table, so `image` is rebuilt with its
--- new columns and constraints, its rows copied as they are (revisions included),
--- and its touch triggers recreated.
+-- new constraints, its rows copied as they are (revisions included), and its
+-- touch triggers recreated. The applicant's account is added to the rebuilt
+-- table, so copying the rows does not need `app_user`.
 
 create table image_new (
     image_name    text primary key,
@@ -19,7 +20,6 @@ create table image_new (
     created_at    text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     updated_at    text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     decided_at    text,
-    owner_user_id text references app_user (user_id) on delete set null,
     decided_by    text,
     constraint image_status_check check (status in ('pending', 'approved', 'rejected')),
     constraint image_decided_check check ((status = 'pending') = (decided_at is null)),
@@ -37,6 +37,7 @@ insert into image_new (image_name, owner, status, description, organization, rea
     from image;
 drop table image;
 alter table image_new rename to image;
+alter table image add column owner_user_id text references app_user (user_id) on delete set null;
 
 create trigger image_touch_insert after insert on image begin
     update geonex_revision set value = value + 1;

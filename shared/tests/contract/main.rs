@@ -5,3 +5,13 @@
 
 #[macro_use]
 mod harness;
+
+mod raw;
+
+mod containers;
+mod core;
+mod email;
+mod fleet;
+mod images;
+mod usage;
+mod users;

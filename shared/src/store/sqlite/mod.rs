@@ -15,7 +15,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{Datelike, DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, Row, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
@@ -39,19 +39,26 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sql
 /// The current time in the stored format, as an SQL expression.
 pub(crate) const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
-/// A time in the stored format: `2026-01-02T03:04:05.678Z`.
+/// A time in the stored format: `2026-01-02T03:04:05.678Z`. Only four-digit
+/// years sort as strings, so times outside years 0000–9999 are clamped to them.
 pub(crate) fn ts(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    match t.year() {
+        y if y < 0 => "0000-01-01T00:00:00.000Z".to_owned(),
+        y if y > 9999 => "9999-12-31T23:59:59.999Z".to_owned(),
+        _ => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+    }
 }
 
 /// Now plus `d`, in the stored format.
 pub(crate) fn ts_in(d: Duration) -> String {
-    ts(Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX))
+    let now = Utc::now();
+    ts(chrono::Duration::from_std(d).ok().and_then(|d| now.checked_add_signed(d)).unwrap_or(DateTime::<Utc>::MAX_UTC))
 }
 
 /// Now minus `d`, in the stored format.
 pub(crate) fn ts_ago(d: Duration) -> String {
-    ts(Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero()))
+    let now = Utc::now();
+    ts(chrono::Duration::from_std(d).ok().and_then(|d| now.checked_sub_signed(d)).unwrap_or(DateTime::<Utc>::MIN_UTC))
 }
 
 pub(crate) fn uuid_text(id: Uuid) -> String {
@@ -636,5 +643,16 @@ mod tests {
         let b = DateTime::parse_from_rfc3339("2026-01-02T03:04:06Z").unwrap().with_timezone(&Utc);
         assert_eq!(ts(a), "2026-01-02T03:04:05.900Z");
         assert!(ts(a) < ts(b));
+    }
+
+    #[test]
+    fn extreme_times_clamp_and_still_sort() {
+        let now = ts(Utc::now());
+        assert_eq!(ts(DateTime::<Utc>::MAX_UTC), "9999-12-31T23:59:59.999Z");
+        assert_eq!(ts(DateTime::<Utc>::MIN_UTC), "0000-01-01T00:00:00.000Z");
+        assert!(ts_in(Duration::MAX) > now);
+        assert!(ts_in(Duration::from_secs(u64::MAX / 4)) > now);
+        assert!(ts_ago(Duration::MAX) < now);
+        assert!(ts_ago(Duration::from_secs(1)) < ts_in(Duration::from_secs(1)));
     }
 }
