@@ -169,6 +169,11 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 StoreError::Unavailable(e.to_string())
             }
+            // SQLite's SQLITE_BUSY / SQLITE_LOCKED: another writer held the lock
+            // past the busy timeout.
+            sqlx::Error::Database(ref db) if matches!(db.code().as_deref(), Some("5" | "6" | "517")) => {
+                StoreError::Unavailable(e.to_string())
+            }
             other => StoreError::Other(other.to_string()),
         }
     }
