@@ -96,15 +96,7 @@ impl SmtpServer {
 
     /// Waits until at least `n` messages arrived, and returns them all.
     pub async fn wait_for(&self, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let m = self.messages();
-            if m.len() >= n {
-                return m;
-            }
-            assert!(Instant::now() < deadline, "expected {n} messages, got {}: {m:?}", m.len());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_messages(n, || self.messages()).await
     }
 }
 
@@ -163,15 +155,7 @@ impl Mailbox {
 
     /// Waits until at least `n` messages arrived, and returns them all.
     pub async fn wait_for(&self, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let m = self.messages();
-            if m.len() >= n {
-                return m;
-            }
-            assert!(Instant::now() < deadline, "expected {n} messages, got {}: {m:?}", m.len());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_messages(n, || self.messages()).await
     }
 }
 
@@ -186,5 +170,18 @@ fn read_messages(dir: &std::path::Path) -> Vec<Value> {
     match serde_json::from_slice(&out.stdout).expect("messages JSON") {
         Value::Array(v) => v,
         other => panic!("unexpected message listing {other}"),
+    }
+}
+
+/// Polls `messages` until at least `n` arrived, and returns them all.
+async fn wait_for_messages(n: usize, messages: impl Fn() -> Vec<Value>) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = messages();
+        if m.len() >= n {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "expected {n} messages, got {}: {m:?}", m.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -179,6 +179,23 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// The earlier command under a reused idempotency key, if it asked for the same
+/// thing; otherwise the key's reuse is a conflict.
+pub(crate) fn same_request(
+    existing: CommandRecord,
+    action: Action,
+    params: &serde_json::Value,
+) -> Result<Submitted, SubmitError> {
+    if existing.action != action || &existing.params != params {
+        return Err(SubmitError::Conflict {
+            code: "idempotency_key_reused",
+            message: "Idempotency-Key was already used for a different request".into(),
+            field: Some("Idempotency-Key"),
+        });
+    }
+    Ok(Submitted { command: existing, created: false })
+}
+
 /// What happened when a worker tried to claim a command.
 #[derive(Debug, Clone)]
 pub enum Claim {

@@ -7,7 +7,8 @@ use uuid::Uuid;
 
 use crate::domain::Action;
 use crate::store::email::{DeliveryRecord, DeliveryStatus, EmailParams, EmailStore, NewEmailCommand};
-use crate::store::postgres::{COMMAND_COLUMNS, PgStore, command_from_row, same_request};
+use crate::store::postgres::{COMMAND_COLUMNS, PgStore, command_from_row};
+use crate::store::same_request;
 use crate::store::{CommandRecord, StoreError, SubmitError, Submitted};
 
 /// Inserts a queued `send_email` command in the caller's transaction. `None`

@@ -20,6 +20,7 @@ use crate::domain::{Action, CommandStatus, DesiredState, ObservedState};
 use crate::store::{
     Claim, CommandQuery, CommandRecord, NewRunnerCommand, ReplaySelector, Replayed, RunnerChange,
     RunnerObservation, RunnerQuery, RunnerRecord, Store, StoreError, SubmitError, Submitted, plan_runner_command,
+    same_request,
 };
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -159,16 +160,6 @@ impl PgStore {
 
 const RACE: &str = "concurrent submission; retry";
 
-pub(super) fn same_request(existing: CommandRecord, action: Action, params: &serde_json::Value) -> Result<Submitted, SubmitError> {
-    if existing.action != action || &existing.params != params {
-        return Err(SubmitError::Conflict {
-            code: "idempotency_key_reused",
-            message: "Idempotency-Key was already used for a different request".into(),
-            field: Some("Idempotency-Key"),
-        });
-    }
-    Ok(Submitted { command: existing, created: false })
-}
 
 fn decode<T>(value: Option<T>, what: &str, raw: &str) -> Result<T, StoreError> {
     value.ok_or_else(|| StoreError::Other(format!("unexpected {what} {raw:?} in database")))

@@ -7,6 +7,7 @@ use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
 use crate::domain::Action;
+use crate::store::same_request;
 use crate::store::email::{CommandOrigin, DeliveryRecord, DeliveryStatus, EmailParams, EmailStore, NewEmailCommand};
 use crate::store::sqlite::{COMMAND_COLUMNS, NOW, SqliteStore, command_from_row, uuid_from, uuid_text};
 use crate::store::{CommandRecord, StoreError, SubmitError, Submitted};
@@ -39,17 +40,6 @@ pub(super) async fn insert_email_command(
     row.map(|r| command_from_row(&r)).transpose()
 }
 
-/// The earlier command under a reused idempotency key, if it asked for the same.
-fn same_request(existing: CommandRecord, action: Action, params: &serde_json::Value) -> Result<Submitted, SubmitError> {
-    if existing.action != action || &existing.params != params {
-        return Err(SubmitError::Conflict {
-            code: "idempotency_key_reused",
-            message: "Idempotency-Key was already used for a different request".into(),
-            field: Some("Idempotency-Key"),
-        });
-    }
-    Ok(Submitted { command: existing, created: false })
-}
 
 fn delivery_from_row(r: &SqliteRow) -> Result<DeliveryRecord, StoreError> {
     let status: String = r.try_get("status")?;

@@ -21,7 +21,7 @@ use sqlx::{AssertSqlSafe, Row, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use crate::domain::{Action, CommandStatus, DesiredState, ObservedState};
-use crate::store::postgres::same_request;
+use crate::store::same_request;
 use crate::store::{
     Claim, CommandQuery, CommandRecord, NewRunnerCommand, ReplaySelector, Replayed, RunnerChange,
     RunnerObservation, RunnerQuery, RunnerRecord, Store, StoreError, SubmitError, Submitted, plan_runner_command,
