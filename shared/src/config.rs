@@ -227,11 +227,30 @@ pub struct ReconcileSettings {
     pub reap_orphans: bool,
     /// How long an orphan must have been seen before it may be terminated.
     pub orphan_grace_secs: u64,
+    /// SQS queue receiving EC2 instance state-change events (an EventBridge rule's
+    /// target, directly or through SNS), so runners follow their instances within
+    /// seconds; unset (or blank) leaves it to the sweep. The SQS endpoint and
+    /// long-poll wait are `s3usage.endpoint_url` and `s3usage.sqs_wait_secs`.
+    pub ec2_events_queue_url: Option<String>,
 }
 
 impl Default for ReconcileSettings {
     fn default() -> Self {
-        Self { interval_secs: 60, reap_orphans: false, orphan_grace_secs: 3_600 }
+        Self { interval_secs: 60, reap_orphans: false, orphan_grace_secs: 3_600, ec2_events_queue_url: None }
+    }
+}
+
+impl ReconcileSettings {
+    /// The EC2 event queue, if one is set; a value that is not an http(s) URL is an error.
+    pub fn ec2_events_queue(&self) -> Result<Option<&str>, ConfigError> {
+        match self.ec2_events_queue_url.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(url) if url.starts_with("https://") || url.starts_with("http://") => Ok(Some(url)),
+            Some(_) => Err(ConfigError(
+                "GEONEX_RECONCILE__EC2_EVENTS_QUEUE_URL must be an SQS queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)"
+                    .into(),
+            )),
+        }
     }
 }
 
@@ -612,6 +631,21 @@ mod tests {
         assert_eq!(s.smtp_url(), Some("smtp://mailer:hunter2@mail.example.org:587?tls=required"));
         assert!(!format!("{s:?}").contains("hunter2"));
         assert!(!s.redacted_json().to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn the_ec2_event_queue_is_optional_and_must_be_a_url() {
+        let (s, _) = Settings::load_from(env(&[])).unwrap();
+        assert_eq!(s.reconcile.ec2_events_queue().unwrap(), None);
+        let url = "https://sqs.us-east-1.amazonaws.com/123456789012/geonex-ec2";
+        let (s, unknown) = Settings::load_from(env(&[("GEONEX_RECONCILE__EC2_EVENTS_QUEUE_URL", url)])).unwrap();
+        assert!(unknown.is_empty(), "{unknown:?}");
+        assert_eq!(s.reconcile.ec2_events_queue().unwrap(), Some(url));
+        let (s, _) = Settings::load_from(env(&[("GEONEX_RECONCILE__EC2_EVENTS_QUEUE_URL", " ")])).unwrap();
+        assert_eq!(s.reconcile.ec2_events_queue().unwrap(), None);
+        let (s, _) = Settings::load_from(env(&[("GEONEX_RECONCILE__EC2_EVENTS_QUEUE_URL", "geonex-ec2")])).unwrap();
+        let err = s.reconcile.ec2_events_queue().unwrap_err();
+        assert!(err.to_string().contains("EC2_EVENTS_QUEUE_URL"), "{err}");
     }
 
     #[test]
