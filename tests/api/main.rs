@@ -4,6 +4,7 @@ mod agent;
 mod auth;
 mod describe;
 mod durability;
+mod ec2events;
 mod embedded;
 mod helpers;
 mod images;
