@@ -27,6 +27,7 @@ use geonex_worker::cloud::Cloud;
 use geonex_worker::cloud::ec2::Ec2Cloud;
 use geonex_worker::cloud::sim::SimCloud;
 use geonex_worker::consumer::Worker;
+use geonex_worker::ec2events::InstanceEventIntake;
 use geonex_worker::reconcile::Reconciler;
 use geonex_worker::email::{EmailHandler, EmailTemplates};
 use geonex_worker::mailer::Mailer;
@@ -282,6 +283,11 @@ impl Application {
             if let Some(url) = &settings.s3usage.sqs_queue_url {
                 let events = Arc::new(SqsEventQueue::with_config(aws, &settings.s3usage, url));
                 tasks.push(Box::pin(EventIntake::new(events, ports.usage.clone()).run(shutdown.clone())));
+            }
+            if let Some(url) = settings.reconcile.ec2_events_queue()? {
+                let s = &settings.s3usage;
+                let events = Arc::new(SqsEventQueue::new(aws, s.endpoint_url.as_deref(), url, s.sqs_wait_secs));
+                tasks.push(Box::pin(InstanceEventIntake::new(events, ports.fleet.clone()).run(shutdown.clone())));
             }
             let template = UserDataTemplate::load(settings.ec2.user_data_template.as_deref())?;
             let handler = RunnerHandler::new(

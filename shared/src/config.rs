@@ -227,11 +227,30 @@ pub struct ReconcileSettings {
     pub reap_orphans: bool,
     /// How long an orphan must have been seen before it may be terminated.
     pub orphan_grace_secs: u64,
+    /// SQS queue receiving EC2 instance state-change events (an EventBridge rule's
+    /// target, directly or through SNS), so runners follow their instances within
+    /// seconds; unset (or blank) leaves it to the sweep. The SQS endpoint and
+    /// long-poll wait are `s3usage.endpoint_url` and `s3usage.sqs_wait_secs`.
+    pub ec2_events_queue_url: Option<String>,
 }
 
 impl Default for ReconcileSettings {
     fn default() -> Self {
-        Self { interval_secs: 60, reap_orphans: false, orphan_grace_secs: 3_600 }
+        Self { interval_secs: 60, reap_orphans: false, orphan_grace_secs: 3_600, ec2_events_queue_url: None }
+    }
+}
+
+impl ReconcileSettings {
+    /// The EC2 event queue, if one is set; a value that is not an http(s) URL is an error.
+    pub fn ec2_events_queue(&self) -> Result<Option<&str>, ConfigError> {
+        match self.ec2_events_queue_url.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(url) if url.starts_with("https://") || url.starts_with("http://") => Ok(Some(url)),
+            Some(_) => Err(ConfigError(
+                "GEONEX_RECONCILE__EC2_EVENTS_QUEUE_URL must be an SQS queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)"
+                    .into(),
+            )),
+        }
     }
 }
 
@@ -408,12 +427,19 @@ pub struct AgentSettings {
     pub instance_id: Option<String>,
     /// The program run once per notification, split on whitespace; `{input_url}`,
     /// `{s3_output}`, `{runner_id}`, `{image_name}` and `{container_id}` are
-    /// replaced in each word.
+    /// replaced in each word. The default names the container
+    /// `geonex-{container_id}` so that `stop_command` can find it.
     pub command: String,
     /// Containers run at once.
     pub concurrency: usize,
     /// A container running longer is killed and reported `failed`.
     pub timeout_secs: u64,
+    /// Run (with the same placeholders) when a container runs past its timeout,
+    /// after its process group is killed: killing `docker run` ends only the
+    /// client, this ends the container. Empty runs nothing.
+    pub stop_command: String,
+    /// Longest wait for the stop command; it is killed after that.
+    pub stop_timeout_secs: u64,
     /// Where events wait while the API is unreachable.
     pub spool_dir: PathBuf,
     pub heartbeat_secs: u64,
@@ -433,11 +459,13 @@ impl Default for AgentSettings {
             image_name: None,
             s3_output: None,
             instance_id: None,
-            command: "docker run --rm -e INPUT_URL={input_url} -e S3_OUTPUT={s3_output} -e RUNNER_ID={runner_id} \
-                      -e CONTAINER_ID={container_id} {image_name}"
+            command: "docker run --rm --name geonex-{container_id} -e INPUT_URL={input_url} -e S3_OUTPUT={s3_output} \
+                      -e RUNNER_ID={runner_id} -e CONTAINER_ID={container_id} {image_name}"
                 .into(),
             concurrency: 2,
             timeout_secs: 3_600,
+            stop_command: "docker rm -f geonex-{container_id}".into(),
+            stop_timeout_secs: 30,
             spool_dir: PathBuf::from("/var/lib/geonex-agent"),
             heartbeat_secs: 60,
             wait_secs: 20,
@@ -612,6 +640,31 @@ mod tests {
         assert_eq!(s.smtp_url(), Some("smtp://mailer:hunter2@mail.example.org:587?tls=required"));
         assert!(!format!("{s:?}").contains("hunter2"));
         assert!(!s.redacted_json().to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn the_ec2_event_queue_is_optional_and_must_be_a_url() {
+        let (s, _) = Settings::load_from(env(&[])).unwrap();
+        assert_eq!(s.reconcile.ec2_events_queue().unwrap(), None);
+        let url = "https://sqs.us-east-1.amazonaws.com/123456789012/geonex-ec2";
+        let (s, unknown) = Settings::load_from(env(&[("GEONEX_RECONCILE__EC2_EVENTS_QUEUE_URL", url)])).unwrap();
+        assert!(unknown.is_empty(), "{unknown:?}");
+        assert_eq!(s.reconcile.ec2_events_queue().unwrap(), Some(url));
+        let (s, _) = Settings::load_from(env(&[("GEONEX_RECONCILE__EC2_EVENTS_QUEUE_URL", " ")])).unwrap();
+        assert_eq!(s.reconcile.ec2_events_queue().unwrap(), None);
+        let (s, _) = Settings::load_from(env(&[("GEONEX_RECONCILE__EC2_EVENTS_QUEUE_URL", "geonex-ec2")])).unwrap();
+        let err = s.reconcile.ec2_events_queue().unwrap_err();
+        assert!(err.to_string().contains("EC2_EVENTS_QUEUE_URL"), "{err}");
+    }
+
+    #[test]
+    fn the_agent_names_its_containers_and_stops_them_by_name_unless_told_otherwise() {
+        let (s, _) = Settings::load_from(env(&[])).unwrap();
+        assert!(s.agent.command.contains("--name geonex-{container_id}"), "{}", s.agent.command);
+        assert_eq!(s.agent.stop_command, "docker rm -f geonex-{container_id}");
+        let (s, unknown) = Settings::load_from(env(&[("GEONEX_AGENT__STOP_COMMAND", ""), ("GEONEX_AGENT__STOP_TIMEOUT_SECS", "5")])).unwrap();
+        assert!(unknown.is_empty(), "{unknown:?}");
+        assert_eq!((s.agent.stop_command.as_str(), s.agent.stop_timeout_secs), ("", 5));
     }
 
     #[test]

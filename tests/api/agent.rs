@@ -237,11 +237,25 @@ impl AgentRun {
 }
 
 async fn spawn_agent(app: &TestApp, api_url: &str, queue_url: &str, runner: &str, token: &str) -> AgentRun {
+    spawn_agent_with(app, api_url, queue_url, runner, token, |cmd, dir| {
+        cmd.env("GEONEX_AGENT__COMMAND", container_script(dir));
+    })
+    .await
+}
+
+/// Starts an agent; `configure` adds to its environment (it gets the agent's directory).
+async fn spawn_agent_with(
+    app: &TestApp,
+    api_url: &str,
+    queue_url: &str,
+    runner: &str,
+    token: &str,
+    configure: impl FnOnce(&mut tokio::process::Command, &std::path::Path),
+) -> AgentRun {
     let dir = std::env::temp_dir().join(unique("geonex-agent"));
     std::fs::create_dir_all(&dir).unwrap();
-    let child = app
-        .deployment
-        .command(&["agent"])
+    let mut command = app.deployment.command(&["agent"]);
+    command
         .env("AWS_ENDPOINT_URL", crate::helpers::moto_url())
         .env("AWS_REGION", "us-east-1")
         .env("GEONEX_AGENT__QUEUE_URL", queue_url)
@@ -250,13 +264,12 @@ async fn spawn_agent(app: &TestApp, api_url: &str, queue_url: &str, runner: &str
         .env("GEONEX_AGENT__RUNNER_ID", runner)
         .env("GEONEX_AGENT__IMAGE_NAME", "geonex/fire:1.5")
         .env("GEONEX_AGENT__S3_OUTPUT", "s3://geonex/GO16_ABI15")
-        .env("GEONEX_AGENT__COMMAND", container_script(&dir))
         .env("GEONEX_AGENT__SPOOL_DIR", dir.join("spool"))
         .env("GEONEX_AGENT__WAIT_SECS", "1")
         .env("GEONEX_AGENT__HEARTBEAT_SECS", "1")
-        .env("GEONEX_AGENT__CONCURRENCY", "2")
-        .spawn()
-        .expect("start the agent");
+        .env("GEONEX_AGENT__CONCURRENCY", "2");
+    configure(&mut command, &dir);
+    let child = command.spawn().expect("start the agent");
     AgentRun { dir, child }
 }
 
@@ -385,4 +398,84 @@ async fn a_runner_whose_agent_falls_silent_is_shown_unresponsive_and_never_reape
     let r = post_event(&app, &token, &event(&runner, "heartbeat", Uuid::new_v4(), json!({}))).await;
     assert_eq!(r.status, 202);
     assert_eq!(app.runner(&runner).await["unresponsive"], false, "heard from again");
+}
+
+/// A `docker` standing in for the real CLI, first on the agent's PATH.
+/// `docker run … --name NAME … IMAGE` starts the "container" in a session of its
+/// own, as the docker daemon would (killing the client does not end it), and
+/// follows it until it ends; `docker rm -f NAME` records the call and ends it.
+fn fake_docker(dir: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let docker = dir.join("docker");
+    std::fs::write(
+        &docker,
+        r#"#!/bin/sh
+dir="$(dirname "$0")"
+cmd="$1"; shift
+case "$cmd" in
+run)
+  name=unnamed
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --name) name="$2"; shift 2 ;;
+      -e) shift 2 ;;
+      *) shift ;;
+    esac
+  done
+  echo "run $name" >> "$dir/docker.log"
+  setsid sh -c 'echo $$ > "$0.tmp" && mv "$0.tmp" "$0" && exec sleep 120' "$dir/$name.pid" </dev/null >/dev/null 2>&1 &
+  until [ -s "$dir/$name.pid" ]; do sleep 0.05; done
+  echo "container $name started"
+  while kill -0 "$(cat "$dir/$name.pid")" 2>/dev/null; do sleep 0.1; done
+  ;;
+rm)
+  echo "rm $*" >> "$dir/docker.log"
+  for name in "$@"; do
+    [ "$name" = -f ] && continue
+    [ -s "$dir/$name.pid" ] && kill "$(cat "$dir/$name.pid")"
+  done
+  ;;
+*)
+  echo "unexpected: docker $cmd $*" >> "$dir/docker.log"
+  exit 1
+  ;;
+esac
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&docker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default())
+}
+
+/// Whether a process is still running (a zombie is not).
+fn alive(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn a_container_past_its_timeout_is_stopped_by_name_with_the_default_commands() {
+    let app = spawn_app_with(config()).await;
+    let (runner, _, token) = started(&app).await;
+    let (sqs, url) = queue().await;
+    // The default command and stop command, with docker replaced.
+    let mut agent = spawn_agent_with(&app, &app.address, &url, &runner, &token, |cmd, dir| {
+        cmd.env("PATH", fake_docker(dir)).env("GEONEX_AGENT__TIMEOUT_SECS", "1").env("GEONEX_AGENT__STOP_TIMEOUT_SECS", "5");
+    })
+    .await;
+    sqs.send_message().queue_url(&url).message_body(s3_event("ABI/2026/003/slow.nc", "301")).send().await.unwrap();
+
+    eventually_containers(&app, &runner, 1).await;
+    let c = containers_of(&app, &runner).await[0].clone();
+    assert_eq!(c["status"], "failed", "{c}");
+    assert!(c["log_tail"].as_str().unwrap().contains("killed after 1s"), "{c}");
+    let name = format!("geonex-{}", c["container_id"].as_str().unwrap());
+    let log = std::fs::read_to_string(agent.dir.join("docker.log")).unwrap();
+    assert!(log.lines().any(|l| l == format!("run {name}")), "the container is named after its id: {log}");
+    assert!(log.lines().any(|l| l == format!("rm -f {name}")), "the stop command ran: {log}");
+    let pid = std::fs::read_to_string(agent.dir.join(format!("{name}.pid"))).unwrap().trim().to_owned();
+    crate::helpers::eventually("the container itself ended", std::time::Duration::from_secs(5), || async { !alive(&pid) }).await;
+    agent.child.start_kill().unwrap();
 }

@@ -9,6 +9,7 @@ mod agent;
 mod auth;
 mod describe;
 mod durability;
+mod ec2events;
 mod embedded;
 mod images;
 mod proxy;

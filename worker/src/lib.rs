@@ -2,11 +2,12 @@
 //! retry policy, the relay that re-publishes and rescues, the cloud port with its
 //! adapters, the e-mail handler with the mailer port and its adapters, S3 output
 //! usage (scans, their schedule, S3 event intake) over the object storage port,
-//! and the on-instance agent (`geonex agent`).
+//! EC2 state-change event intake, and the on-instance agent (`geonex agent`).
 
 pub mod agent;
 pub mod cloud;
 pub mod consumer;
+pub mod ec2events;
 pub mod email;
 pub mod failpoint;
 pub mod handler;

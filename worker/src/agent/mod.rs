@@ -43,8 +43,11 @@ pub struct Agent {
     s3_output: String,
     instance_id: Option<String>,
     command: Vec<String>,
+    /// Run after a timeout to stop what the command started (empty: nothing).
+    stop_command: Vec<String>,
     concurrency: usize,
     timeout: Duration,
+    stop_timeout: Duration,
     heartbeat: Duration,
     wait_secs: i32,
     log_tail_bytes: usize,
@@ -73,8 +76,10 @@ impl Agent {
             s3_output: s.s3_output.clone().unwrap_or_default(),
             instance_id: s.instance_id.clone().filter(|i| !i.trim().is_empty()),
             command,
+            stop_command: s.stop_command.split_whitespace().map(str::to_owned).collect(),
             concurrency: s.concurrency.max(1),
             timeout: Duration::from_secs(s.timeout_secs.max(1)),
+            stop_timeout: Duration::from_secs(s.stop_timeout_secs.max(1)),
             heartbeat: Duration::from_secs(s.heartbeat_secs.max(1)),
             wait_secs: s.wait_secs.clamp(0, 20),
             log_tail_bytes: s.log_tail_bytes.clamp(0, 16 * 1024),
@@ -92,9 +97,18 @@ impl Agent {
     }
 
     fn argv(&self, o: &NewObject, container_id: Uuid) -> Vec<String> {
+        self.render(&self.command, o, container_id)
+    }
+
+    fn stop_argv(&self, o: &NewObject, container_id: Uuid) -> Vec<String> {
+        self.render(&self.stop_command, o, container_id)
+    }
+
+    /// Fills the placeholders of a command template.
+    fn render(&self, template: &[String], o: &NewObject, container_id: Uuid) -> Vec<String> {
         let input = o.url();
         let cid = container_id.to_string();
-        self.command
+        template
             .iter()
             .map(|w| {
                 w.replace("{input_url}", &input)
@@ -298,8 +312,9 @@ async fn run_container(agent: &Agent, spool: &Spool, o: &NewObject, container_id
     let input_url = o.url();
     spool.append(&agent.event("container_started", Some(container_id), json!({"input_url": input_url}))).await?;
     let argv = agent.argv(o, container_id);
+    let stop = Stop { argv: agent.stop_argv(o, container_id), timeout: agent.stop_timeout };
     let started = Instant::now();
-    let (exit_code, log_tail) = execute(&argv, agent.timeout, agent.log_tail_bytes).await;
+    let (exit_code, log_tail) = execute(&argv, agent.timeout, &stop, agent.log_tail_bytes).await;
     let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
     tracing::info!(%container_id, input_url, ?exit_code, duration_ms, "container finished");
     spool
@@ -313,24 +328,74 @@ async fn run_container(agent: &Agent, spool: &Spool, o: &NewObject, container_id
     Ok(())
 }
 
+/// What ends a container that ran past its timeout, besides killing its process
+/// group: with `docker run` that group is only the client, and the container
+/// goes on running in the docker daemon until it is stopped by name.
+struct Stop {
+    /// The stop command, rendered; empty runs nothing.
+    argv: Vec<String>,
+    timeout: Duration,
+}
+
+/// Starts a program in its own process group, so a timeout ends everything it
+/// started (a shell script's children too), not just the first process.
+fn spawn_in_group(program: &str, args: &[String], output: bool) -> std::io::Result<tokio::process::Child> {
+    let mut command = tokio::process::Command::new(program);
+    #[cfg(unix)]
+    command.process_group(0);
+    let pipe = || if output { Stdio::piped() } else { Stdio::null() };
+    command.args(args).stdin(Stdio::null()).stdout(pipe()).stderr(pipe()).kill_on_drop(true).spawn()
+}
+
+/// Kills a child's whole process group, then the child.
+async fn kill_group(child: &mut tokio::process::Child) {
+    #[cfg(unix)]
+    if let Some(pid) = child.id() {
+        let _ = tokio::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+    }
+    let _ = child.kill().await;
+}
+
+/// Runs the stop command within its own timeout; says how it went, for the log tail.
+async fn run_stop(stop: &Stop) -> String {
+    let Some((program, args)) = stop.argv.split_first() else {
+        return String::new();
+    };
+    let mut child = match spawn_in_group(program, args, false) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(program, error = %e, "could not start the stop command");
+            return format!("; could not start the stop command {program}: {e}");
+        }
+    };
+    match tokio::time::timeout(stop.timeout, child.wait()).await {
+        Ok(Ok(status)) if status.success() => "; stopped".to_owned(),
+        Ok(Ok(status)) => {
+            tracing::warn!(program, code = ?status.code(), "the stop command failed");
+            format!("; the stop command failed ({status})")
+        }
+        Ok(Err(e)) => format!("; the stop command failed: {e}"),
+        Err(_) => {
+            kill_group(&mut child).await;
+            tracing::warn!(program, timeout_secs = stop.timeout.as_secs(), "the stop command timed out");
+            format!("; the stop command timed out after {}s", stop.timeout.as_secs())
+        }
+    }
+}
+
 /// Runs a program; `None` as exit code when it could not start, was killed by a
-/// signal or ran past the timeout. The tail keeps the last bytes of its output.
-async fn execute(argv: &[String], timeout: Duration, tail_bytes: usize) -> (Option<i32>, String) {
+/// signal or ran past the timeout. Past the timeout its process group is killed
+/// and then the stop command runs. The tail keeps the last bytes of its output.
+async fn execute(argv: &[String], timeout: Duration, stop: &Stop, tail_bytes: usize) -> (Option<i32>, String) {
     let Some((program, args)) = argv.split_first() else {
         return (None, "empty command".into());
     };
-    let mut command = tokio::process::Command::new(program);
-    // Its own process group, so a timeout ends everything it started (a shell
-    // script's children too), not just the first process.
-    #[cfg(unix)]
-    command.process_group(0);
-    let child = command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn();
+    let child = spawn_in_group(program, args, true);
     let mut child = match child {
         Ok(c) => c,
         Err(e) => return (None, format!("could not start {program}: {e}")),
@@ -363,18 +428,10 @@ async fn execute(argv: &[String], timeout: Duration, tail_bytes: usize) -> (Opti
         Ok(Ok(status)) => status.code(),
         Ok(Err(_)) => None,
         Err(_) => {
-            #[cfg(unix)]
-            if let Some(pid) = child.id() {
-                let _ = tokio::process::Command::new("kill")
-                    .args(["-KILL", "--", &format!("-{pid}")])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .await;
-            }
-            let _ = child.kill().await;
+            kill_group(&mut child).await;
+            let stopped = run_stop(stop).await;
             let mut t = tail.lock().await;
-            t.extend_from_slice(format!("\n[killed after {}s]", timeout.as_secs()).as_bytes());
+            t.extend_from_slice(format!("\n[killed after {}s{stopped}]", timeout.as_secs()).as_bytes());
             let excess = t.len().saturating_sub(tail_bytes);
             t.drain(..excess);
             None
@@ -394,16 +451,47 @@ mod tests {
     #[tokio::test]
     async fn a_program_reports_its_exit_code_and_a_bounded_tail_and_a_slow_one_is_killed() {
         let argv = |s: &str| vec!["sh".to_owned(), "-c".to_owned(), s.to_owned()];
-        let (code, tail) = execute(&argv("printf 0123456789; echo err >&2; exit 7"), Duration::from_secs(10), 8).await;
+        let none = Stop { argv: Vec::new(), timeout: Duration::from_secs(1) };
+        let (code, tail) = execute(&argv("printf 0123456789; echo err >&2; exit 7"), Duration::from_secs(10), &none, 8).await;
         assert_eq!(code, Some(7));
         assert_eq!(tail.len(), 8, "{tail}");
         let begun = Instant::now();
-        let (code, tail) = execute(&argv("sleep 30; echo never"), Duration::from_millis(200), 100).await;
+        let (code, tail) = execute(&argv("sleep 30; echo never"), Duration::from_millis(200), &none, 100).await;
         assert_eq!(code, None);
         // The whole group went: nothing held the output open until the readers gave up.
         assert!(begun.elapsed() < Duration::from_secs(2), "{:?}", begun.elapsed());
         assert!(tail.contains("killed"), "{tail}");
-        let (code, _) = execute(&["/no/such/program".to_owned()], Duration::from_secs(1), 100).await;
+        let (code, _) = execute(&["/no/such/program".to_owned()], Duration::from_secs(1), &none, 100).await;
         assert_eq!(code, None);
+    }
+
+    #[tokio::test]
+    async fn the_stop_command_runs_only_after_a_timeout_and_is_bounded_by_its_own() {
+        let dir = std::env::temp_dir().join(format!("geonex-stop-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let marker = dir.join("stopped");
+        let sh = |s: &str| vec!["sh".to_owned(), "-c".to_owned(), s.to_owned()];
+        let stop = Stop { argv: sh(&format!("echo geonex-c1 >> {}", marker.display())), timeout: Duration::from_secs(5) };
+
+        let (code, _) = execute(&sh("exit 0"), Duration::from_secs(10), &stop, 100).await;
+        assert_eq!(code, Some(0));
+        assert!(!marker.exists(), "no stop command for a container that ended by itself");
+
+        let (code, tail) = execute(&sh("sleep 30"), Duration::from_millis(200), &stop, 100).await;
+        assert_eq!(code, None);
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), "geonex-c1\n");
+        assert!(tail.contains("killed") && tail.contains("stopped"), "{tail}");
+
+        let hanging = Stop { argv: sh("sleep 30"), timeout: Duration::from_millis(300) };
+        let begun = Instant::now();
+        let (code, tail) = execute(&sh("sleep 30"), Duration::from_millis(200), &hanging, 200).await;
+        assert_eq!(code, None);
+        assert!(begun.elapsed() < Duration::from_secs(3), "{:?}", begun.elapsed());
+        assert!(tail.contains("stop command timed out"), "{tail}");
+
+        let missing = Stop { argv: vec!["/no/such/docker".to_owned()], timeout: Duration::from_secs(1) };
+        let (_, tail) = execute(&sh("sleep 30"), Duration::from_millis(200), &missing, 200).await;
+        assert!(tail.contains("could not start the stop command"), "{tail}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

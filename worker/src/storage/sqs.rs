@@ -1,4 +1,6 @@
-//! SQS adapter of the event queue port (aws-sdk-sqs), with long polling.
+//! SQS adapter of the event queue port (aws-sdk-sqs), with long polling. It
+//! carries S3 event notifications to the usage counters and EC2 state-change
+//! events to the runners' observed state.
 
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
@@ -18,15 +20,22 @@ pub struct SqsEventQueue {
 }
 
 impl SqsEventQueue {
+    /// The S3 event queue, with the usage settings' endpoint and long-poll wait.
     pub fn with_config(config: &aws_config::SdkConfig, settings: &S3UsageSettings, queue_url: &str) -> Self {
+        Self::new(config, settings.endpoint_url.as_deref(), queue_url, settings.sqs_wait_secs)
+    }
+
+    /// A queue at `queue_url`; `endpoint_url` overrides the SDK configuration's
+    /// endpoint (an emulator); `wait_secs` is the long-poll wait (at most 20).
+    pub fn new(config: &aws_config::SdkConfig, endpoint_url: Option<&str>, queue_url: &str, wait_secs: u32) -> Self {
         let mut builder = aws_sdk_sqs::config::Builder::from(config);
-        if let Some(url) = &settings.endpoint_url {
+        if let Some(url) = endpoint_url {
             builder = builder.endpoint_url(url);
         }
         Self {
             client: Client::from_conf(builder.build()),
             queue_url: queue_url.to_owned(),
-            wait_secs: settings.sqs_wait_secs.min(20) as i32,
+            wait_secs: wait_secs.min(20) as i32,
         }
     }
 }
