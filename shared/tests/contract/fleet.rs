@@ -163,4 +163,44 @@ async fn orphans<S: FleetStore>(store: S) {
     assert_eq!(store.list_orphans().await.unwrap().len(), 1);
 }
 
-contract!(runners_to_reconcile, observe_instance_ends_containers, orphans);
+async fn instance_events_apply_in_order_and_never_backwards<S: Store + FleetStore + RawSql>(store: S) {
+    use chrono::{TimeDelta, Utc};
+    use geonex_shared::store::fleet::{EventOutcome, InstanceEvent};
+    submit(&store, command("r1", start("geonex/fire:1.5"))).await;
+    observe(&store, "r1", INSTANCE, ObservedState::Running).await;
+    let running = container(&store, "r1", Some(INSTANCE), "running").await;
+    let event = |state, secs: i64| InstanceEvent { instance_id: INSTANCE.into(), state, at: Utc::now() + TimeDelta::seconds(secs) };
+
+    let unknown = InstanceEvent { instance_id: OTHER_INSTANCE.into(), ..event(ObservedState::Stopped, 5) };
+    assert_eq!(store.apply_instance_event(&unknown).await.unwrap(), EventOutcome::UnknownInstance);
+
+    // A stop well before the state the command recorded is stale and kills nothing.
+    let late = store.apply_instance_event(&event(ObservedState::Stopped, -60)).await.unwrap();
+    assert!(matches!(late, EventOutcome::Stale { current: ObservedState::Running, .. }), "{late:?}");
+    assert_eq!(container_state(&store, running).await, "running");
+
+    // A later stop applies, and ends the running container.
+    let stop = store.apply_instance_event(&event(ObservedState::Stopped, 5)).await.unwrap();
+    assert_eq!(stop, EventOutcome::Applied { runner_id: "r1".into(), from: ObservedState::Running });
+    assert_eq!(store.get_runner("r1").await.unwrap().unwrap().observed_state, ObservedState::Stopped);
+    assert_eq!(container_state(&store, running).await, "killed finished");
+    let again = store.apply_instance_event(&event(ObservedState::Stopped, 6)).await.unwrap();
+    assert_eq!(again, EventOutcome::Unchanged { runner_id: "r1".into() });
+
+    // The running event that came before it, delivered after it, does not win.
+    let reordered = store.apply_instance_event(&event(ObservedState::Running, 3)).await.unwrap();
+    assert!(matches!(reordered, EventOutcome::Stale { current: ObservedState::Stopped, .. }), "{reordered:?}");
+
+    // A command's change stamps the time itself: an event older than it is stale.
+    observe(&store, "r1", INSTANCE, ObservedState::Running).await;
+    let older = store.apply_instance_event(&event(ObservedState::Stopped, -30)).await.unwrap();
+    assert!(matches!(older, EventOutcome::Stale { current: ObservedState::Running, .. }), "{older:?}");
+
+    // Terminated is final.
+    let end = store.apply_instance_event(&event(ObservedState::Terminated, 20)).await.unwrap();
+    assert!(matches!(end, EventOutcome::Applied { .. }), "{end:?}");
+    let revived = store.apply_instance_event(&event(ObservedState::Running, 40)).await.unwrap();
+    assert!(matches!(revived, EventOutcome::Stale { current: ObservedState::Terminated, .. }), "{revived:?}");
+}
+
+contract!(runners_to_reconcile, observe_instance_ends_containers, orphans, instance_events_apply_in_order_and_never_backwards);

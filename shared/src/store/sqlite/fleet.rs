@@ -4,8 +4,8 @@ use async_trait::async_trait;
 use sqlx::Row;
 
 use crate::domain::ObservedState;
-use crate::store::fleet::{FleetStore, OrphanRecord};
-use crate::store::sqlite::{NOW, RUNNER_COLUMNS, SqliteStore, json_list, runner_from_row};
+use crate::store::fleet::{EventOutcome, FleetStore, InstanceEvent, OrphanRecord, Verdict, ends_containers, judge_event};
+use crate::store::sqlite::{NOW, RUNNER_COLUMNS, SqliteStore, json_list, runner_from_row, ts};
 use crate::store::{RunnerRecord, StoreError};
 
 #[async_trait]
@@ -41,18 +41,45 @@ impl FleetStore for SqliteStore {
         .await?
         .rows_affected()
             > 0;
-        if matches!(state, ObservedState::Stopped | ObservedState::ShuttingDown | ObservedState::Terminated) {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "update container set status = 'killed', finished_at = {NOW} \
-                 where runner_id = ?1 and status = 'running' and (instance_id is null or instance_id = ?2)"
-            )))
-            .bind(runner_id)
-            .bind(instance_id)
-            .execute(&mut *tx)
-            .await?;
+        if ends_containers(state) {
+            kill_running_containers(&mut tx, runner_id, instance_id).await?;
         }
         tx.commit().await?;
         Ok(changed)
+    }
+
+    async fn apply_instance_event(&self, event: &InstanceEvent) -> Result<EventOutcome, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query("select runner_id, observed_state, observed_at from runner where instance_id = ?1")
+            .bind(&event.instance_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(EventOutcome::UnknownInstance);
+        };
+        let runner_id: String = row.try_get("runner_id")?;
+        let observed: String = row.try_get("observed_state")?;
+        let current = ObservedState::parse(&observed)
+            .ok_or_else(|| StoreError::Other(format!("unexpected observed_state {observed:?} in database")))?;
+        let observed_at = row.try_get("observed_at")?;
+        let outcome = match judge_event(current, observed_at, event.state, event.at) {
+            Verdict::Stale => return Ok(EventOutcome::Stale { runner_id, current }),
+            Verdict::Unchanged => EventOutcome::Unchanged { runner_id: runner_id.clone() },
+            Verdict::Apply { observed_at } => {
+                sqlx::query("update runner set observed_state = ?2, observed_at = ?3 where runner_id = ?1")
+                    .bind(&runner_id)
+                    .bind(event.state.as_str())
+                    .bind(ts(observed_at))
+                    .execute(&mut *tx)
+                    .await?;
+                EventOutcome::Applied { runner_id: runner_id.clone(), from: current }
+            }
+        };
+        if ends_containers(event.state) {
+            kill_running_containers(&mut tx, &runner_id, &event.instance_id).await?;
+        }
+        tx.commit().await?;
+        Ok(outcome)
     }
 
     async fn record_orphans(&self, seen: &[(String, Option<String>, ObservedState)]) -> Result<(), StoreError> {
@@ -109,4 +136,21 @@ impl FleetStore for SqliteStore {
         .await?;
         Ok(())
     }
+}
+
+/// Ends a runner's running containers on an instance that stopped or went away.
+async fn kill_running_containers(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    runner_id: &str,
+    instance_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "update container set status = 'killed', finished_at = {NOW} \
+         where runner_id = ?1 and status = 'running' and (instance_id is null or instance_id = ?2)"
+    )))
+    .bind(runner_id)
+    .bind(instance_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
