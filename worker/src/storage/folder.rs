@@ -8,12 +8,16 @@
 //! are empty directories: like S3, a folder exists only through its objects.
 //! A page is found without reading the whole bucket: the walk starts at the
 //! deepest directory the prefix names, skips the directories that lie wholly
-//! before the continuation token and stops once the page is full.
+//! before the continuation token and stops once the page is full. The sorted
+//! contents of directories larger than a page are kept between pages while the
+//! directory is unchanged, so a folder of many files is read once per listing,
+//! not once per page.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 
@@ -24,12 +28,13 @@ const PAGE_SIZE: usize = 1000;
 
 pub struct FolderObjectStore {
     root: PathBuf,
+    cache: Arc<DirCache>,
 }
 
 impl FolderObjectStore {
     /// Buckets are the directories directly under `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self { root: root.into(), cache: Arc::new(DirCache::default()) }
     }
 
     pub fn root(&self) -> &Path {
@@ -46,11 +51,13 @@ impl ObjectStore for FolderObjectStore {
         delimiter: Option<&str>,
         token: Option<String>,
     ) -> Result<ListPage, StorageError> {
-        let (root, bucket, prefix) = (self.root.clone(), bucket.to_owned(), prefix.to_owned());
+        let (root, cache, bucket, prefix) = (self.root.clone(), self.cache.clone(), bucket.to_owned(), prefix.to_owned());
         // S3 ignores an empty delimiter.
         let delimiter = delimiter.filter(|d| !d.is_empty()).map(str::to_owned);
-        tokio::task::spawn_blocking(move || list_page(&root, &bucket, &prefix, delimiter.as_deref(), token.as_deref()))
-            .await
+        tokio::task::spawn_blocking(move || {
+            list_page(&root, &cache, &bucket, &prefix, delimiter.as_deref(), token.as_deref())
+        })
+        .await
             .map_err(|e| StorageError { kind: StorageErrorKind::Other, message: format!("listing task failed: {e}") })?
     }
 
@@ -69,6 +76,7 @@ fn valid_bucket(bucket: &str) -> bool {
 
 fn list_page(
     root: &Path,
+    cache: &DirCache,
     bucket: &str,
     prefix: &str,
     delimiter: Option<&str>,
@@ -97,7 +105,7 @@ fn list_page(
         }
         Err(e) => return Err(io_error(&bucket_dir, &e)),
     }
-    let mut walk = Walk { prefix, delimiter, after, entries: Vec::new() };
+    let mut walk = Walk { cache, prefix, delimiter, after, entries: Vec::new() };
     // The deepest directory the prefix names in full; no key lies elsewhere.
     let base = match prefix.rfind('/') {
         Some(i) => &prefix[..=i],
@@ -171,9 +179,101 @@ struct Entry {
 /// `d/`, so that `a.txt < a/… < a0`.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Child {
-    sort_key: String,
+    /// The name, with a '/' after a directory's.
+    key: String,
     is_dir: bool,
     name: std::ffi::OsString,
+}
+
+/// The directories and regular files of `dir`, in key order.
+fn read_children(dir: &Path) -> Result<Vec<Child>, WalkError> {
+    let read = match std::fs::read_dir(dir) {
+        Ok(read) => read,
+        // Removed while listing: it holds no keys any more.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err((dir.to_path_buf(), e)),
+    };
+    let mut children = Vec::new();
+    for entry in read {
+        let entry = entry.map_err(|e| (dir.to_path_buf(), e))?;
+        let file_type = match entry.file_type() {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err((entry.path(), e)),
+        };
+        // Symbolic links (which could lead out of the root), sockets, devices: not objects.
+        if !(file_type.is_file() || file_type.is_dir()) {
+            continue;
+        }
+        let name = entry.file_name();
+        let mut key = name.to_string_lossy().into_owned();
+        if file_type.is_dir() {
+            key.push('/');
+        }
+        children.push(Child { key, is_dir: file_type.is_dir(), name });
+    }
+    children.sort_unstable();
+    Ok(children)
+}
+
+/// How many large directories' contents are kept, and for how long at most.
+const CACHED_DIRS: usize = 32;
+const CACHE_TTL: Duration = Duration::from_secs(30);
+/// A directory modified this recently is not kept: a change within the same
+/// tick of the file system's clock would not show in its modification time.
+const SETTLED_AFTER: Duration = Duration::from_secs(2);
+
+struct CachedDir {
+    modified: SystemTime,
+    read_at: Instant,
+    children: Arc<Vec<Child>>,
+}
+
+/// The sorted contents of directories with more children than a page, reused
+/// while their modification time is unchanged.
+#[derive(Default)]
+struct DirCache {
+    dirs: Mutex<HashMap<PathBuf, CachedDir>>,
+}
+
+fn modified(dir: &Path) -> Option<SystemTime> {
+    std::fs::symlink_metadata(dir).and_then(|m| m.modified()).ok()
+}
+
+impl DirCache {
+    fn children(&self, dir: &Path) -> Result<Arc<Vec<Child>>, WalkError> {
+        let cached = {
+            let dirs = self.dirs.lock().unwrap_or_else(PoisonError::into_inner);
+            dirs.get(dir).map(|c| (c.modified, c.read_at, c.children.clone()))
+        };
+        if let Some((when, read_at, children)) = cached
+            && read_at.elapsed() < CACHE_TTL
+            && modified(dir) == Some(when)
+        {
+            return Ok(children);
+        }
+        // Taken before reading, so that a change during the read is seen next time.
+        let when = modified(dir);
+        let children = Arc::new(read_children(dir)?);
+        let mut dirs = self.dirs.lock().unwrap_or_else(PoisonError::into_inner);
+        match when {
+            Some(when)
+                if children.len() > PAGE_SIZE && when.elapsed().is_ok_and(|age| age >= SETTLED_AFTER) =>
+            {
+                if dirs.len() >= CACHED_DIRS && !dirs.contains_key(dir) {
+                    let oldest = dirs.iter().min_by_key(|(_, c)| c.read_at).map(|(p, _)| p.clone());
+                    if let Some(oldest) = oldest {
+                        dirs.remove(&oldest);
+                    }
+                }
+                dirs.insert(dir.to_path_buf(), CachedDir { modified: when, read_at: Instant::now(), children: children.clone() });
+            }
+            _ => {
+                dirs.remove(dir);
+            }
+        }
+        Ok(children)
+    }
 }
 
 enum Flow {
@@ -185,6 +285,7 @@ enum Flow {
 type WalkError = (PathBuf, io::Error);
 
 struct Walk<'a> {
+    cache: &'a DirCache,
     prefix: &'a str,
     delimiter: Option<&'a str>,
     /// The continuation token: only entries after it belong to the page.
@@ -219,45 +320,29 @@ impl Walk<'_> {
         // Below the directory the prefix names, every key has the prefix; in it,
         // only names that continue the prefix do.
         let wanted = self.prefix.get(base.len()..).unwrap_or("");
-        let read = match std::fs::read_dir(dir) {
-            Ok(read) => read,
-            // Removed while listing: it holds no keys any more.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Flow::Continue),
-            Err(e) => return Err((dir.to_path_buf(), e)),
+        // The token, as a name in this directory.
+        let after = match self.after {
+            Some(t) => match t.strip_prefix(base) {
+                Some(name) => Some(name),
+                None if t < base => None,
+                // Every key here sorts before the token.
+                None => return Ok(Flow::Continue),
+            },
+            None => None,
         };
-        let mut children = Vec::new();
-        for entry in read {
-            let entry = entry.map_err(|e| (dir.to_path_buf(), e))?;
-            let file_type = match entry.file_type() {
-                Ok(t) => t,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err((entry.path(), e)),
-            };
-            // Symbolic links (which could lead out of the root), sockets, devices: not objects.
-            if !(file_type.is_file() || file_type.is_dir()) {
-                continue;
-            }
-            let name = entry.file_name();
-            let text = name.to_string_lossy();
-            if !text.starts_with(wanted) {
-                continue;
-            }
-            let sort_key = if file_type.is_dir() { format!("{base}{text}/") } else { format!("{base}{text}") };
-            // Skip what lies wholly before the token: a file at or before it, a
-            // directory whose keys all sort before it.
-            if let Some(t) = self.after
-                && (sort_key.as_str() <= t && !(file_type.is_dir() && t.starts_with(&sort_key)))
-            {
-                continue;
-            }
-            children.push(Reverse(Child { sort_key, is_dir: file_type.is_dir(), name }));
+        let children = self.cache.children(dir)?;
+        let mut start = children.partition_point(|c| c.key.as_str() < wanted);
+        if let Some(t) = after {
+            // Past the names up to the token, but not past the directory holding it.
+            let past = children.partition_point(|c| c.key.as_str() <= t);
+            let holder = past.checked_sub(1).filter(|&i| children[i].is_dir && t.starts_with(&children[i].key));
+            start = start.max(holder.unwrap_or(past));
         }
-        // A page needs only the first children: a heap orders them as they are taken.
-        let mut children = BinaryHeap::from(children);
-        while let Some(Reverse(child)) = children.pop() {
+        for child in children[start..].iter().take_while(|c| c.key.starts_with(wanted)) {
+            let key = format!("{base}{}", child.key);
             let path = dir.join(&child.name);
             let flow = if child.is_dir {
-                match self.rollup(&child.sort_key) {
+                match self.rollup(&key) {
                     // Every key below rolls up into one common prefix.
                     Some(common) => {
                         if self.before_token(&common) || self.entries.last().is_some_and(|e| e.name == common) {
@@ -268,17 +353,19 @@ impl Walk<'_> {
                             Flow::Continue
                         }
                     }
-                    None => self.dir(&path, &child.sort_key)?,
+                    None => self.dir(&path, &key)?,
                 }
             } else {
                 let size = match std::fs::symlink_metadata(&path) {
+                    // Replaced by something else since the directory was read.
+                    Ok(m) if !m.is_file() => continue,
                     Ok(m) => m.len(),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                     Err(e) => return Err((path, e)),
                 };
-                let entry = match self.rollup(&child.sort_key) {
+                let entry = match self.rollup(&key) {
                     Some(common) => Entry { name: common, size: None },
-                    None => Entry { name: child.sort_key, size: Some(size) },
+                    None => Entry { name: key, size: Some(size) },
                 };
                 self.push(entry)
             };
@@ -352,6 +439,22 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+
+    /// Dates back every folder below `dir`, as if written long ago.
+    fn age(dir: &Path) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                age(&entry.path());
+            }
+        }
+        let long_ago = SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::open(dir).unwrap().set_modified(long_ago).unwrap();
+    }
+
+    fn cached(store: &FolderObjectStore) -> Vec<PathBuf> {
+        store.cache.dirs.lock().unwrap().keys().cloned().collect()
     }
 
     /// Writes the keys into `bucket` and returns them with their sizes.
@@ -511,15 +614,24 @@ mod tests {
         assert_eq!(whole.iter().map(|p| p.objects).sum::<i64>(), keys.len() as i64);
         assert_eq!(whole.iter().map(|p| p.bytes).sum::<i64>(), keys.values().sum::<usize>() as i64);
         assert!(whole[..whole.len() - 1].iter().all(|p| p.objects == PAGE_SIZE as i64));
-        for prefix in ["", "out/", "out/big/", "out/d", "out/d1", "out/e/"] {
-            for delimiter in [None, Some("/")] {
-                let got = pages(&store, "bkt", prefix, delimiter).await;
-                assert_eq!(got, expected_pages(&keys, prefix, delimiter), "prefix {prefix:?}, delimiter {delimiter:?}");
-                let mut folders: Vec<_> = got.iter().flat_map(|p| p.common_prefixes.iter()).collect();
-                let listed = folders.len();
-                folders.dedup();
-                assert_eq!(folders.len(), listed, "a folder listed twice");
+        // Folders just written are read for each page; settled large ones are kept.
+        for settled in [false, true] {
+            if settled {
+                age(&root.0);
             }
+            for prefix in ["", "out/", "out/big/", "out/d", "out/d1", "out/e/"] {
+                for delimiter in [None, Some("/")] {
+                    let got = pages(&store, "bkt", prefix, delimiter).await;
+                    let expected = expected_pages(&keys, prefix, delimiter);
+                    assert_eq!(got, expected, "prefix {prefix:?}, delimiter {delimiter:?}, settled {settled}");
+                    let mut folders: Vec<_> = got.iter().flat_map(|p| p.common_prefixes.iter()).collect();
+                    let listed = folders.len();
+                    folders.dedup();
+                    assert_eq!(folders.len(), listed, "a folder listed twice");
+                }
+            }
+            let kept = if settled { vec![root.0.join("bkt/out")] } else { vec![] };
+            assert_eq!(cached(&store), kept);
         }
         assert_eq!(keys.len(), 2600);
         // The delimited listing of out/ has 400 + 2 folders and 650 files: two pages.
@@ -527,6 +639,28 @@ mod tests {
         assert_eq!(split.len(), 2);
         assert_eq!(split.iter().map(|p| p.common_prefixes.len()).sum::<usize>(), 402);
         assert_eq!(split.iter().map(|p| p.objects).sum::<i64>(), 650);
+    }
+
+    #[tokio::test]
+    async fn a_kept_folder_is_read_again_once_it_changes() {
+        let root = TempRoot::new();
+        let names: Vec<String> = (0..2500).map(|i| format!("big/f{i:04}")).collect();
+        let refs: Vec<(&str, usize)> = names.iter().map(|k| (k.as_str(), 2)).collect();
+        fill(&root, "bkt", &refs);
+        age(&root.0);
+        let store = root.store();
+        let first = store.list_page("bkt", "big/", None, None).await.unwrap();
+        assert_eq!((first.objects, first.next.as_deref()), (1000, Some("big/f0999")));
+        assert_eq!(cached(&store), vec![root.0.join("bkt/big")]);
+        // One file before the token (not listed any more, as with S3), one after it.
+        root.write("bkt", "big/f0000a", 1);
+        root.write("bkt", "big/f1500a", 100);
+        let second = store.list_page("bkt", "big/", None, first.next).await.unwrap();
+        assert_eq!((second.objects, second.bytes, second.next.as_deref()), (1000, 2098, Some("big/f1998")));
+        // Changed just now: not kept until it settles.
+        assert!(cached(&store).is_empty());
+        let last = store.list_page("bkt", "big/", None, second.next).await.unwrap();
+        assert_eq!((last.objects, last.bytes, last.next), (501, 1002, None));
     }
 
     #[tokio::test]
