@@ -14,6 +14,7 @@
 //! not once per page.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -180,9 +181,22 @@ struct Entry {
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Child {
     /// The name, with a '/' after a directory's.
-    key: String,
-    is_dir: bool,
-    name: std::ffi::OsString,
+    key: Box<str>,
+    /// The name as the file system has it, when it is not UTF-8.
+    raw: Option<Box<OsStr>>,
+}
+
+impl Child {
+    fn is_dir(&self) -> bool {
+        self.key.ends_with('/')
+    }
+
+    fn name(&self) -> &OsStr {
+        match &self.raw {
+            Some(raw) => raw,
+            None => OsStr::new(self.key.strip_suffix('/').unwrap_or(&self.key)),
+        }
+    }
 }
 
 /// The directories and regular files of `dir`, in key order.
@@ -206,18 +220,23 @@ fn read_children(dir: &Path) -> Result<Vec<Child>, WalkError> {
             continue;
         }
         let name = entry.file_name();
-        let mut key = name.to_string_lossy().into_owned();
+        let (mut key, raw) = match name.into_string() {
+            Ok(key) => (key, None),
+            Err(raw) => (raw.to_string_lossy().into_owned(), Some(raw.into_boxed_os_str())),
+        };
         if file_type.is_dir() {
             key.push('/');
         }
-        children.push(Child { key, is_dir: file_type.is_dir(), name });
+        children.push(Child { key: key.into_boxed_str(), raw });
     }
     children.sort_unstable();
     Ok(children)
 }
 
-/// How many large directories' contents are kept, and for how long at most.
+/// How many large directories' contents are kept (and how many entries in all,
+/// some 100 MB), and for how long at most.
 const CACHED_DIRS: usize = 32;
+const CACHED_CHILDREN: usize = 2_000_000;
 const CACHE_TTL: Duration = Duration::from_secs(30);
 /// A directory modified this recently is not kept: a change within the same
 /// tick of the file system's clock would not show in its modification time.
@@ -256,21 +275,21 @@ impl DirCache {
         let when = modified(dir);
         let children = Arc::new(read_children(dir)?);
         let mut dirs = self.dirs.lock().unwrap_or_else(PoisonError::into_inner);
-        match when {
-            Some(when)
-                if children.len() > PAGE_SIZE && when.elapsed().is_ok_and(|age| age >= SETTLED_AFTER) =>
-            {
-                if dirs.len() >= CACHED_DIRS && !dirs.contains_key(dir) {
-                    let oldest = dirs.iter().min_by_key(|(_, c)| c.read_at).map(|(p, _)| p.clone());
-                    if let Some(oldest) = oldest {
-                        dirs.remove(&oldest);
-                    }
-                }
-                dirs.insert(dir.to_path_buf(), CachedDir { modified: when, read_at: Instant::now(), children: children.clone() });
+        dirs.remove(dir);
+        dirs.retain(|_, c| c.read_at.elapsed() < CACHE_TTL);
+        let keep = (PAGE_SIZE + 1..=CACHED_CHILDREN).contains(&children.len());
+        if let Some(when) = when
+            && keep
+            && when.elapsed().is_ok_and(|age| age >= SETTLED_AFTER)
+        {
+            let held = |dirs: &HashMap<PathBuf, CachedDir>| dirs.values().map(|c| c.children.len()).sum::<usize>();
+            while dirs.len() >= CACHED_DIRS || held(&dirs) + children.len() > CACHED_CHILDREN {
+                let Some(oldest) = dirs.iter().min_by_key(|(_, c)| c.read_at).map(|(p, _)| p.clone()) else {
+                    break;
+                };
+                dirs.remove(&oldest);
             }
-            _ => {
-                dirs.remove(dir);
-            }
+            dirs.insert(dir.to_path_buf(), CachedDir { modified: when, read_at: Instant::now(), children: children.clone() });
         }
         Ok(children)
     }
@@ -331,17 +350,17 @@ impl Walk<'_> {
             None => None,
         };
         let children = self.cache.children(dir)?;
-        let mut start = children.partition_point(|c| c.key.as_str() < wanted);
+        let mut start = children.partition_point(|c| &*c.key < wanted);
         if let Some(t) = after {
             // Past the names up to the token, but not past the directory holding it.
-            let past = children.partition_point(|c| c.key.as_str() <= t);
-            let holder = past.checked_sub(1).filter(|&i| children[i].is_dir && t.starts_with(&children[i].key));
+            let past = children.partition_point(|c| &*c.key <= t);
+            let holder = past.checked_sub(1).filter(|&i| children[i].is_dir() && t.starts_with(&*children[i].key));
             start = start.max(holder.unwrap_or(past));
         }
         for child in children[start..].iter().take_while(|c| c.key.starts_with(wanted)) {
             let key = format!("{base}{}", child.key);
-            let path = dir.join(&child.name);
-            let flow = if child.is_dir {
+            let path = dir.join(child.name());
+            let flow = if child.is_dir() {
                 match self.rollup(&key) {
                     // Every key below rolls up into one common prefix.
                     Some(common) => {
@@ -726,6 +745,24 @@ mod tests {
         let split = store.list_page("bkt", "out/", Some("/"), None).await.unwrap();
         assert!(split.common_prefixes.is_empty(), "{split:?}");
         assert_eq!(store.list_page("linked-bucket", "", None, None).await.unwrap_err().kind, StorageErrorKind::NoSuchBucket);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn names_that_are_not_utf8_are_counted() {
+        use std::os::unix::ffi::OsStrExt;
+        let root = TempRoot::new();
+        let dir = root.0.join("bkt").join(OsStr::from_bytes(b"d\xff"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(OsStr::from_bytes(b"f\xfe")), b"1234").unwrap();
+        root.write("bkt", "plain", 3);
+        let store = root.store();
+        assert_eq!(
+            store.list_page("bkt", "", None, None).await.unwrap(),
+            ListPage { objects: 2, bytes: 7, common_prefixes: vec![], next: None }
+        );
+        let split = store.list_page("bkt", "", Some("/"), None).await.unwrap();
+        assert_eq!((split.objects, split.common_prefixes), (1, vec!["d\u{fffd}/".to_owned()]));
     }
 
     #[cfg(unix)]
