@@ -35,6 +35,8 @@ use geonex_worker::relay::Relay;
 use geonex_worker::runner::{AgentEndpoints, RunnerHandler};
 use geonex_worker::s3events::EventIntake;
 use geonex_worker::s3usage::{S3UsageHandler, ScanScheduler, Scanner};
+use geonex_worker::storage::ObjectStore;
+use geonex_worker::storage::folder::FolderObjectStore;
 use geonex_worker::storage::s3::S3ObjectStore;
 use geonex_worker::storage::sqs::SqsEventQueue;
 use geonex_worker::user_data::UserDataTemplate;
@@ -159,6 +161,27 @@ pub async fn build_cloud(settings: &Settings) -> anyhow::Result<Arc<dyn Cloud>> 
     }
 }
 
+/// Where S3 outputs are listed: S3 (or an emulator) when the deployment is
+/// configured for AWS, else folders `<data dir>/s3/<bucket>/<key>`. Chosen as the
+/// cloud is: `GEONEX_CLOUD` first, then whether any AWS or S3 usage setting is present.
+pub fn build_object_store(settings: &Settings, aws: &aws_config::SdkConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    let folders = || -> anyhow::Result<Arc<dyn ObjectStore>> {
+        let root = settings.data_dir.join("s3");
+        std::fs::create_dir_all(&root).with_context(|| format!("creating the S3 folder {}", root.display()))?;
+        tracing::warn!(root = %root.display(), "S3 outputs are folders under {}: usage scans count local files", root.display());
+        Ok(Arc::new(FolderObjectStore::new(root)))
+    };
+    let s3 = || -> anyhow::Result<Arc<dyn ObjectStore>> { Ok(Arc::new(S3ObjectStore::with_config(aws, &settings.s3usage))) };
+    let s3_configured = settings.s3usage.endpoint_url.is_some() || settings.s3usage.region.is_some();
+    match settings.cloud.as_deref() {
+        Some("aws") => s3(),
+        Some("sim") => folders(),
+        None if s3_configured || aws_configured(settings) => s3(),
+        None => folders(),
+        Some(other) => bail!("GEONEX_CLOUD={other} is not supported (use aws or sim)"),
+    }
+}
+
 /// The SMTP server of `GEONEX_SMTP_URL`, or `.eml` files in the data directory.
 pub fn build_mailer(settings: &Settings) -> anyhow::Result<Arc<dyn Mailer>> {
     Ok(match settings.smtp_url() {
@@ -232,20 +255,21 @@ impl Application {
         let ports = Ports::connect_for(&settings, role).await?;
         let dispatcher = Dispatcher::start(ports.store.clone(), ports.queue.clone(), shutdown.clone());
         let mailer = build_mailer(&settings)?;
+        let objects = build_object_store(&settings, aws)?;
         for a in &settings.email.admin_recipients {
             geonex_shared::domain::EmailAddress::parse_field("email.admin_recipients", a)
                 .with_context(|| format!("GEONEX_EMAIL__ADMIN_RECIPIENTS: {a:?}"))?;
         }
         let summary = format!(
-            "store: postgres; queue: {}; cloud: {}; mail: {}",
+            "store: postgres; queue: {}; cloud: {}; storage: {}; mail: {}",
             ports.queue.describe(),
             cloud.describe_self(),
+            objects.describe_self(),
             mailer.describe()
         );
 
         let mut tasks: Vec<Task> = Vec::new();
         let worker = if role.worker() {
-            let objects = Arc::new(S3ObjectStore::with_config(aws, &settings.s3usage));
             let usage_handler = S3UsageHandler::new(
                 ports.usage.clone(),
                 Scanner::new(objects, settings.s3usage.list_concurrency, settings.s3usage.split_depth),
