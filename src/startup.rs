@@ -37,6 +37,8 @@ use geonex_worker::relay::Relay;
 use geonex_worker::runner::{AgentEndpoints, RunnerHandler};
 use geonex_worker::s3events::EventIntake;
 use geonex_worker::s3usage::{S3UsageHandler, ScanScheduler, Scanner};
+use geonex_worker::storage::ObjectStore;
+use geonex_worker::storage::folder::FolderObjectStore;
 use geonex_worker::storage::s3::S3ObjectStore;
 use geonex_worker::storage::sqs::SqsEventQueue;
 use geonex_worker::user_data::UserDataTemplate;
@@ -180,6 +182,31 @@ pub async fn build_cloud(settings: &Settings) -> anyhow::Result<Arc<dyn Cloud>> 
     }
 }
 
+/// Where S3 outputs are listed: S3 (or an emulator) when the deployment is
+/// configured for AWS, else folders `<data dir>/s3/<bucket>/<key>`. Chosen as the
+/// cloud is: `GEONEX_CLOUD` first, then whether any AWS or S3 usage setting is present.
+pub fn build_object_store(settings: &Settings, aws: &aws_config::SdkConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    if usage_reads_s3(settings)? {
+        return Ok(Arc::new(S3ObjectStore::with_config(aws, &settings.s3usage)));
+    }
+    let root = settings.data_dir.join("s3");
+    std::fs::create_dir_all(&root).with_context(|| format!("creating the S3 folder {}", root.display()))?;
+    tracing::warn!(root = %root.display(), "S3 outputs are folders under {}: usage scans count local files", root.display());
+    Ok(Arc::new(FolderObjectStore::new(root)))
+}
+
+/// Whether usage scans list S3 (else folders in the data directory), chosen as
+/// the cloud is.
+fn usage_reads_s3(settings: &Settings) -> anyhow::Result<bool> {
+    let s3_configured = settings.s3usage.endpoint_url.is_some() || settings.s3usage.region.is_some();
+    match settings.cloud.as_deref() {
+        Some("aws") => Ok(true),
+        Some("sim") => Ok(false),
+        None => Ok(s3_configured || aws_configured(settings)),
+        Some(other) => bail!("GEONEX_CLOUD={other} is not supported (use aws or sim)"),
+    }
+}
+
 /// The SMTP server of `GEONEX_SMTP_URL`, or `.eml` files in the data directory.
 pub fn build_mailer(settings: &Settings) -> anyhow::Result<Arc<dyn Mailer>> {
     Ok(match settings.smtp_url() {
@@ -191,6 +218,12 @@ pub fn build_mailer(settings: &Settings) -> anyhow::Result<Arc<dyn Mailer>> {
 /// The AWS SDK configuration for S3 and SQS from the standard chain, with the
 /// usage settings' region and endpoint applied.
 pub async fn aws_config_for_usage(settings: &Settings) -> aws_config::SdkConfig {
+    let queues = settings.s3usage.sqs_queue_url.is_some() || settings.reconcile.ec2_events_queue_url.is_some();
+    if !queues && !usage_reads_s3(settings).unwrap_or(true) {
+        // Nothing here talks to AWS: skip the credential and region chain (which
+        // would probe the instance metadata service).
+        return aws_config::SdkConfig::builder().behavior_version(aws_config::BehaviorVersion::latest()).build();
+    }
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(region) = &settings.s3usage.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
@@ -253,21 +286,22 @@ impl Application {
         let ports = Ports::connect_for(&settings, role).await?;
         let dispatcher = Dispatcher::start(ports.store.clone(), ports.queue.clone(), shutdown.clone());
         let mailer = build_mailer(&settings)?;
+        let objects = build_object_store(&settings, aws)?;
         for a in &settings.email.admin_recipients {
             geonex_shared::domain::EmailAddress::parse_field("email.admin_recipients", a)
                 .with_context(|| format!("GEONEX_EMAIL__ADMIN_RECIPIENTS: {a:?}"))?;
         }
         let summary = format!(
-            "store: {}; queue: {}; cloud: {}; mail: {}",
+            "store: {}; queue: {}; cloud: {}; storage: {}; mail: {}",
             ports.store_label,
             ports.queue.describe(),
             cloud.describe_self(),
+            objects.describe_self(),
             mailer.describe()
         );
 
         let mut tasks: Vec<Task> = Vec::new();
         let worker = if role.worker() {
-            let objects = Arc::new(S3ObjectStore::with_config(aws, &settings.s3usage));
             let usage_handler = S3UsageHandler::new(
                 ports.usage.clone(),
                 Scanner::new(objects, settings.s3usage.list_concurrency, settings.s3usage.split_depth),

@@ -38,8 +38,12 @@ pub struct Settings {
     #[serde(serialize_with = "redact")]
     pub smtp_url: Option<SecretString>,
     /// `aws` (EC2 through the AWS SDK) or `sim` (the simulated cloud). Unset: `aws`
-    /// when any AWS or EC2 endpoint setting is present, `sim` otherwise.
+    /// when any AWS or EC2 endpoint setting is present, `sim` otherwise. S3 outputs
+    /// follow it: S3 with `aws`, folders `data_dir/s3/<bucket>/<key>` with `sim`
+    /// (unset: S3 when an S3 usage endpoint or region is set too).
     pub cloud: Option<String>,
+    /// Local data: the simulated cloud's state, S3 outputs as folders (`s3/`),
+    /// e-mails as files (`mail/`).
     pub data_dir: PathBuf,
     pub database: DatabaseSettings,
     pub queue: QueueSettings,

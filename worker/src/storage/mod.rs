@@ -1,7 +1,9 @@
 //! The object storage port: the listing operations a usage scan needs, and the
 //! queue of object events that keeps usage current between scans. `s3.rs` and
-//! `sqs.rs` are the AWS SDK adapters (their endpoint can point at an emulator).
+//! `sqs.rs` are the AWS SDK adapters (their endpoint can point at an emulator);
+//! `folder.rs` lists directories as buckets, for deployments without AWS.
 
+pub mod folder;
 pub mod s3;
 pub mod sqs;
 
