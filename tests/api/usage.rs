@@ -1,6 +1,7 @@
 //! S3 output usage against moto: scans with pagination, per-output errors,
 //! collapsing refreshes, periodic scans with several workers, and incremental
-//! updates from S3 event notifications through SQS.
+//! updates from S3 event notifications through SQS. Scans and per-output errors
+//! also in embedded mode, where outputs are folders in the data directory.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use futures::StreamExt;
 use geonex::startup::Role;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestConfig, ec2_sdk_config, eventually, spawn_app_with, unique};
+use crate::helpers::{Mode, TestApp, TestConfig, ec2_sdk_config, eventually, spawn_app_with, unique};
 
 fn s3() -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&ec2_sdk_config()).force_path_style(true).build())
@@ -34,6 +35,43 @@ async fn put(s3: &aws_sdk_s3::Client, bucket: &str, objects: Vec<(String, usize)
         .buffer_unordered(32)
         .collect::<Vec<_>>()
         .await;
+}
+
+/// Where a deployment's outputs live: moto's S3, or folders in the data directory.
+enum Objects {
+    S3(aws_sdk_s3::Client),
+    Folders(std::path::PathBuf),
+}
+
+impl Objects {
+    fn of(app: &TestApp) -> Self {
+        match app.deployment.mode {
+            Mode::Production => Objects::S3(s3()),
+            Mode::Embedded => Objects::Folders(app.deployment.data_dir.0.join("s3")),
+        }
+    }
+
+    async fn create_bucket(&self, name: &str) {
+        match self {
+            Objects::S3(s3) => {
+                s3.create_bucket().bucket(name).send().await.expect("create bucket");
+            }
+            Objects::Folders(root) => std::fs::create_dir_all(root.join(name)).expect("bucket folder"),
+        }
+    }
+
+    async fn put(&self, bucket: &str, objects: Vec<(String, usize)>) {
+        match self {
+            Objects::S3(s3) => put(s3, bucket, objects).await,
+            Objects::Folders(root) => {
+                for (key, size) in objects {
+                    let path = root.join(bucket).join(&key);
+                    std::fs::create_dir_all(path.parent().expect("key has a folder")).expect("folders");
+                    std::fs::write(path, vec![b'x'; size]).expect("object file");
+                }
+            }
+        }
+    }
 }
 
 async fn start_runner(app: &TestApp, runner_id: &str, s3_output: &str) {
@@ -66,13 +104,19 @@ fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
 
-#[tokio::test]
-async fn after_a_scan_usage_shows_exact_bytes_and_counts_per_runner_output_and_in_total() {
-    let s3 = s3();
-    let b = bucket(&s3).await;
+in_both_modes!(
+    after_a_scan_usage_shows_exact_bytes_and_counts_per_runner_output_and_in_total,
+    a_missing_bucket_shows_an_error_on_its_output_while_the_others_are_still_scanned,
+);
+
+async fn after_a_scan_usage_shows_exact_bytes_and_counts_per_runner_output_and_in_total(mode: Mode) {
     // Listed below the split depth, "a/day1/" takes two pages of 1000.
-    let config = TestConfig { extra_env: env(&[("GEONEX_S3USAGE__SPLIT_DEPTH", "1".into())]), ..TestConfig::default() };
+    let config =
+        TestConfig { extra_env: env(&[("GEONEX_S3USAGE__SPLIT_DEPTH", "1".into())]), ..TestConfig::in_mode(mode) };
     let app = spawn_app_with(config).await;
+    let store = Objects::of(&app);
+    let b = unique("usage");
+    store.create_bucket(&b).await;
     let (ra, rb) = (unique("ua"), unique("ub"));
     start_runner(&app, &ra, &format!("s3://{b}/a")).await;
     start_runner(&app, &rb, &format!("s3://{b}/b/")).await;
@@ -82,7 +126,7 @@ async fn after_a_scan_usage_shows_exact_bytes_and_counts_per_runner_output_and_i
     objects.extend((0..5).map(|i| (format!("b/2026/11/{i}.log"), 100 + i)));
     // Not in either output: a sibling prefix and the bucket root.
     objects.extend([("a_v2/other.nc".to_owned(), 999), ("root.txt".to_owned(), 5)]);
-    put(&s3, &b, objects).await;
+    store.put(&b, objects).await;
 
     let before = app.get(&format!("/get-s3-usage?bucket={b}")).await;
     assert_eq!(before.status, 200, "{}", before.body);
@@ -156,17 +200,17 @@ async fn two_refresh_requests_at_once_make_one_scan() {
     app.stop_app().await;
 }
 
-#[tokio::test]
-async fn a_missing_bucket_shows_an_error_on_its_output_while_the_others_are_still_scanned() {
-    let s3 = s3();
-    let b = bucket(&s3).await;
-    put(&s3, &b, vec![("ok/1".into(), 11), ("ok/2".into(), 22)]).await;
+async fn a_missing_bucket_shows_an_error_on_its_output_while_the_others_are_still_scanned(mode: Mode) {
+    let b = unique("usage");
     let missing = unique("missing");
     let config = TestConfig {
         extra_env: env(&[("GEONEX_S3USAGE__EXTRA_OUTPUTS", format!("[s3://{missing}/out, s3://{b}/ok]"))]),
-        ..TestConfig::default()
+        ..TestConfig::in_mode(mode)
     };
     let app = spawn_app_with(config).await;
+    let store = Objects::of(&app);
+    store.create_bucket(&b).await;
+    store.put(&b, vec![("ok/1".into(), 11), ("ok/2".into(), 22)]).await;
     let scan = refresh(&app, "").await;
     assert_eq!((scan["result"]["scanned"].as_i64(), scan["result"]["failed"].as_i64()), (Some(1), Some(1)), "{scan}");
     let usage = app.get("/get-s3-usage").await.body;
