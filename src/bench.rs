@@ -37,6 +37,11 @@ pub struct S3UsageBench {
     /// Keep the bucket afterwards (it is deleted otherwise).
     #[arg(long)]
     pub keep: bool,
+    /// Scan this existing bucket instead of filling a new one (for a real S3
+    /// bucket, or one kept from an earlier run). Nothing is written to it or
+    /// deleted; the scan is checked against the awscli summary instead.
+    #[arg(long)]
+    pub bucket: Option<String>,
 }
 
 fn progress(label: &str, done: usize, total: usize) {
@@ -120,39 +125,21 @@ async fn aws_cli(endpoint: Option<&str>, bucket: &str, page_size: Option<u32>) -
     Ok(AwsCliRun { elapsed, objects: field("Total Objects:")?, bytes: field("Total Size:")? })
 }
 
-pub async fn run(args: S3UsageBench, mut settings: Settings) -> anyhow::Result<()> {
-    if let Some(url) = &args.endpoint_url {
-        settings.s3usage.endpoint_url = Some(url.clone());
-    }
-    if settings.s3usage.endpoint_url.is_some() {
-        settings.s3usage.force_path_style = true;
-    }
-    let endpoint = settings.s3usage.endpoint_url.clone();
-    let aws = crate::startup::aws_config_for_usage(&settings).await;
-    let store = S3ObjectStore::with_config(&aws, &settings.s3usage);
-    let client = store.client().clone();
-    let bucket = format!("geonex-bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    client.create_bucket().bucket(&bucket).send().await.context("creating the bucket")?;
-    eprintln!("bucket s3://{bucket} on {}", store.describe_self());
+/// Keys spread like runner outputs: prefix / day folder / file, with sizes
+/// 1 to 997 bytes.
+fn bench_keys(objects: usize, prefixes: usize) -> Vec<(String, usize)> {
+    let prefixes = prefixes.max(1);
+    (0..objects).map(|i| (format!("out{:02}/day{}/{i:07}.nc", i % prefixes, (i / prefixes) % 10), i % 997 + 1)).collect()
+}
 
-    // Keys spread like runner outputs: prefix / day folder / file.
+async fn fill(client: &aws_sdk_s3::Client, bucket: &str, keys: &[(String, usize)], concurrency: usize) -> anyhow::Result<()> {
+    client.create_bucket().bucket(bucket).send().await.context("creating the bucket")?;
     let started = Instant::now();
-    let total = args.objects;
+    let total = keys.len();
     let done = AtomicI64::new(0);
-    let mut expected = Totals::default();
-    let keys: Vec<(String, usize)> = (0..total)
-        .map(|i| {
-            let size = i % 997 + 1;
-            (format!("out{:02}/day{}/{i:07}.nc", i % args.prefixes.max(1), (i / args.prefixes.max(1)) % 10), size)
-        })
-        .collect();
-    for (_, size) in &keys {
-        expected.objects += 1;
-        expected.bytes += *size as i64;
-    }
     let results: Vec<anyhow::Result<()>> = futures::stream::iter(keys.iter())
         .map(|(key, size)| {
-            let (client, bucket, done) = (&client, &bucket, &done);
+            let done = &done;
             async move {
                 client
                     .put_object()
@@ -169,27 +156,105 @@ pub async fn run(args: S3UsageBench, mut settings: Settings) -> anyhow::Result<(
                 Ok(())
             }
         })
-        .buffer_unordered(args.upload_concurrency.max(1))
+        .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
     results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
     eprintln!("\nuploaded {total} objects in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
 
+async fn clean_up(client: &aws_sdk_s3::Client, bucket: &str, keys: &[(String, usize)]) -> anyhow::Result<()> {
+    let mut deleted = 0;
+    for chunk in keys.chunks(1000) {
+        let objects = chunk
+            .iter()
+            .map(|(k, _)| ObjectIdentifier::builder().key(k.as_str()).build())
+            .collect::<Result<Vec<_>, _>>()?;
+        client
+            .delete_objects()
+            .bucket(bucket)
+            .delete(Delete::builder().set_objects(Some(objects)).quiet(true).build()?)
+            .send()
+            .await
+            .context("deleting objects")?;
+        deleted += chunk.len();
+        progress("cleaning up", deleted, keys.len());
+    }
+    client.delete_bucket().bucket(bucket).send().await.context("deleting the bucket")?;
+    eprintln!("\ndeleted s3://{bucket}");
+    Ok(())
+}
+
+pub async fn run(args: S3UsageBench, mut settings: Settings) -> anyhow::Result<()> {
+    if let Some(url) = &args.endpoint_url {
+        settings.s3usage.endpoint_url = Some(url.clone());
+    }
+    if settings.s3usage.endpoint_url.is_some() {
+        settings.s3usage.force_path_style = true;
+    }
+    let endpoint = settings.s3usage.endpoint_url.clone();
+    let aws = crate::startup::aws_config_for_usage(&settings).await;
+    let store = S3ObjectStore::with_config(&aws, &settings.s3usage);
+    let client = store.client().clone();
+
+    let (bucket, keys) = match &args.bucket {
+        Some(existing) => (existing.clone(), Vec::new()),
+        None => {
+            let bucket = format!("geonex-bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            let keys = bench_keys(args.objects, args.prefixes);
+            eprintln!("filling s3://{bucket} on {}", store.describe_self());
+            fill(&client, &bucket, &keys, args.upload_concurrency).await?;
+            (bucket, keys)
+        }
+    };
+    let measured = measure(&store, &settings, endpoint.as_deref(), &bucket, &keys).await;
+    if args.bucket.is_some() {
+        return measured;
+    }
+    if args.keep {
+        eprintln!("kept s3://{bucket}");
+    } else {
+        clean_up(&client, &bucket, &keys).await?;
+    }
+    measured
+}
+
+/// Times the scan and the awscli listings of `bucket`, checks that all agree
+/// (with the known totals of `keys` when the bench filled the bucket) and
+/// prints the figures.
+async fn measure(
+    store: &S3ObjectStore,
+    settings: &Settings,
+    endpoint: Option<&str>,
+    bucket: &str,
+    keys: &[(String, usize)],
+) -> anyhow::Result<()> {
     let output = S3Output::parse("bucket", &format!("s3://{bucket}"))?;
-    let counting = Arc::new(Progress { inner: store, objects: AtomicI64::new(0), started: Instant::now(), last: AtomicI64::new(-1) });
+    let counting = Arc::new(Progress {
+        inner: store.clone(),
+        objects: AtomicI64::new(0),
+        started: Instant::now(),
+        last: AtomicI64::new(-1),
+    });
     let scanner = Scanner::new(counting, settings.s3usage.list_concurrency, settings.s3usage.split_depth);
     let t = Instant::now();
     let ours = scanner.scan(&output).await.context("scanning")?;
     let ours_elapsed = t.elapsed();
-    eprintln!("\rscan done                         ");
+    eprintln!("\rscan done in {:.2}s                 ", ours_elapsed.as_secs_f64());
+
+    let cli = aws_cli(endpoint, bucket, None).await?;
+    eprintln!("\raws s3 ls done        ");
+    let cli_1000 = aws_cli(endpoint, bucket, Some(1000)).await?;
+    eprintln!("\raws s3 ls --page-size 1000 done        ");
+    let expected = if keys.is_empty() {
+        Totals { objects: cli.objects, bytes: cli.bytes }
+    } else {
+        Totals { objects: keys.len() as i64, bytes: keys.iter().map(|(_, size)| *size as i64).sum() }
+    };
     if ours != expected {
         bail!("the scan found {ours:?}, expected {expected:?}");
     }
-
-    let cli = aws_cli(endpoint.as_deref(), &bucket, None).await?;
-    eprintln!("\raws s3 ls done        ");
-    let cli_1000 = aws_cli(endpoint.as_deref(), &bucket, Some(1000)).await?;
-    eprintln!("\raws s3 ls --page-size 1000 done        ");
     for run in [&cli, &cli_1000] {
         if (run.objects, run.bytes) != (expected.objects, expected.bytes) {
             bail!("aws s3 ls summarized {} objects / {} bytes, expected {expected:?}", run.objects, run.bytes);
@@ -197,7 +262,7 @@ pub async fn run(args: S3UsageBench, mut settings: Settings) -> anyhow::Result<(
     }
 
     let secs = |d: Duration| d.as_secs_f64();
-    println!("objects: {}, bytes: {}, prefixes: {}", expected.objects, expected.bytes, args.prefixes);
+    println!("s3://{bucket}: {} objects, {} bytes", expected.objects, expected.bytes);
     println!(
         "geonex scan (list concurrency {}, split depth {}): {:.2}s",
         settings.s3usage.list_concurrency,
@@ -211,27 +276,5 @@ pub async fn run(args: S3UsageBench, mut settings: Settings) -> anyhow::Result<(
         "ratio (aws s3 ls --page-size 1000 / geonex scan): {:.1}x",
         secs(cli_1000.elapsed) / secs(ours_elapsed).max(1e-9)
     );
-
-    if args.keep {
-        eprintln!("kept s3://{bucket}");
-        return Ok(());
-    }
-    let keys: Vec<&String> = keys.iter().map(|(k, _)| k).collect();
-    let mut deleted = 0;
-    for chunk in keys.chunks(1000) {
-        let objects =
-            chunk.iter().map(|k| ObjectIdentifier::builder().key(k.as_str()).build()).collect::<Result<Vec<_>, _>>()?;
-        client
-            .delete_objects()
-            .bucket(&bucket)
-            .delete(Delete::builder().set_objects(Some(objects)).quiet(true).build()?)
-            .send()
-            .await
-            .context("deleting objects")?;
-        deleted += chunk.len();
-        progress("cleaning up", deleted, total);
-    }
-    client.delete_bucket().bucket(&bucket).send().await.context("deleting the bucket")?;
-    eprintln!("\ndeleted s3://{bucket}");
     Ok(())
 }

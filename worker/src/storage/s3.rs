@@ -12,6 +12,7 @@ use super::{ListPage, ObjectStore, StorageError, StorageErrorKind};
 /// servers default to smaller pages.
 const PAGE_SIZE: i32 = 1000;
 
+#[derive(Clone)]
 pub struct S3ObjectStore {
     client: Client,
     endpoint: Option<String>,
