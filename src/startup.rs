@@ -349,7 +349,12 @@ impl Application {
                 settings.worker.clone(),
                 settings.queue.prefetch,
             );
-            let relay = Relay::new(ports.store.clone(), dispatcher.clone(), settings.relay.clone());
+            let relay = Relay::new(
+                ports.store.clone(),
+                dispatcher.clone(),
+                settings.relay.clone(),
+                settings.worker.holder_timeout(),
+            );
             let reconciler = Reconciler::new(cloud.clone(), ports.fleet.clone(), settings.reconcile.clone());
             Some((worker, relay, reconciler))
         } else {
@@ -377,6 +382,7 @@ impl Application {
                     Duration::from_secs(settings.auth.failed_login_window_secs),
                 )),
                 max_attempts: settings.worker.max_attempts,
+                holder_timeout: settings.worker.holder_timeout(),
                 cloud_label: cloud.describe_self(),
                 usage: ports.usage.clone(),
                 usage_settings: settings.s3usage.clone(),

@@ -54,6 +54,9 @@ pub struct AppState {
     pub auth: AuthSettings,
     pub throttle: Arc<LoginThrottle>,
     pub max_attempts: i32,
+    /// A worker silent for this long is presumed dead (shown with a running
+    /// command's holder).
+    pub holder_timeout: Duration,
     /// What the cloud adapter is, shown by `/readyz`.
     pub cloud_label: String,
     pub usage: Arc<dyn UsageStore>,
@@ -68,6 +71,7 @@ pub struct AppState {
     paths(
         runners::start_runner, runners::restart_runner, runners::stop_runner, runners::delete_runner,
         describe::describe_runners, describe::describe_commands, describe::describe_command, describe::describe_orphans,
+        describe::describe_workers,
         users::register_user, users::describe_users, users::login, users::logout,
         images::register_image, images::approve_image, images::reject_image, images::describe_images,
         email::send_email,
@@ -128,6 +132,7 @@ pub fn routes() -> Vec<RouteSpec> {
         route("/describe-runner-containers", &["GET"], user, get(containers::describe_runner_containers)),
         route("/runner-events", &["POST"], Agent, post(containers::runner_events)),
         route("/describe-orphans", &["GET"], operator, get(describe::describe_orphans)),
+        route("/describe-workers", &["GET"], operator, get(describe::describe_workers)),
         route("/get-s3-usage", GET_POST, user, get(usage::get_s3_usage).post(usage::get_s3_usage)),
         route("/replay-command", &["POST"], admin, post(ops::replay_command)),
         route("/register-user", &["POST"], Registration, post(users::register_user)),

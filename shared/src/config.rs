@@ -123,8 +123,15 @@ impl Default for QueueSettings {
 pub struct WorkerSettings {
     /// Commands a worker process handles at once.
     pub concurrency: usize,
-    /// A claimed command's lease; renewed while its handler runs.
+    /// A claimed command's lease; renewed (every third of it) while its handler
+    /// runs. The backstop for a holder that vanished without its heartbeat
+    /// saying so; a killed worker's commands are taken over after `holder_timeout_ms`.
     pub lease_secs: u64,
+    /// How often a worker process refreshes its row in the worker registry.
+    pub heartbeat_ms: u64,
+    /// A worker whose heartbeat is older than this is presumed dead: the commands
+    /// it held are taken over.
+    pub holder_timeout_ms: u64,
     /// Attempts before a command is dead.
     pub max_attempts: i32,
     pub retry_base_ms: u64,
@@ -142,7 +149,9 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
             concurrency: 16,
-            lease_secs: 300,
+            lease_secs: 30,
+            heartbeat_ms: 2_000,
+            holder_timeout_ms: 10_000,
             max_attempts: 8,
             retry_base_ms: 1_000,
             retry_cap_ms: 600_000,
@@ -156,7 +165,17 @@ impl Default for WorkerSettings {
 
 impl WorkerSettings {
     pub fn lease(&self) -> Duration {
-        Duration::from_secs(self.lease_secs)
+        Duration::from_secs(self.lease_secs.max(1))
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.max(100))
+    }
+
+    /// Never shorter than three heartbeats, so one late beat cannot make a live
+    /// worker look dead.
+    pub fn holder_timeout(&self) -> Duration {
+        Duration::from_millis(self.holder_timeout_ms).max(self.heartbeat() * 3)
     }
 }
 

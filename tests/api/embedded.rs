@@ -4,25 +4,18 @@
 //! lifecycle, and a kill -9 in the middle of a batch.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use geonex_shared::domain::Role;
 use serde_json::Value;
-use tokio::io::AsyncBufReadExt;
 
-use crate::helpers::{APPROVED_IMAGES, Deployment, Mode, TestConfig, TestStore, approve_image, service_token, unique};
-
-struct Server {
-    child: tokio::process::Child,
-    address: String,
-    /// Every log line so far.
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
+use crate::helpers::{
+    APPROVED_IMAGES, Deployment, Mode, Process, TestConfig, TestStore, approve_image, service_token, unique,
+};
 
 /// Starts `geonex serve` with nothing configured but its data directory (and
 /// quick timings).
-async fn serve(deployment: &Deployment) -> Server {
+async fn serve(deployment: &Deployment) -> Process {
     let mut cmd = deployment.command(&["serve"]);
     for var in ["GEONEX_CLOUD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_ENDPOINT_URL"] {
         cmd.env_remove(var);
@@ -36,28 +29,8 @@ async fn serve(deployment: &Deployment) -> Server {
     cmd.env("GEONEX_SIM__BOOT_DELAY_MS", "300")
         .env("GEONEX_SIM__STOP_DELAY_MS", "100")
         .env("GEONEX_SIM__LATENCY_MS", "40")
-        .env("GEONEX_LOG__FILTER", "info")
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn geonex serve");
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = log.clone();
-    // Keep draining the log so the server never blocks on a full pipe.
-    tokio::spawn(async move {
-        let mut tx = Some(tx);
-        while let Ok(Some(line)) = lines.next_line().await {
-            sink.lock().unwrap().push(line.clone());
-            if line.contains("API listening")
-                && let Ok(v) = serde_json::from_str::<Value>(&line)
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(v["url"].as_str().unwrap_or_default().to_owned());
-            }
-        }
-    });
-    let address = tokio::time::timeout(Duration::from_secs(60), rx).await.expect("server started").unwrap();
-    Server { child, address, log }
+        .env("GEONEX_LOG__FILTER", "info");
+    Process::start(cmd, true).await
 }
 
 async fn call(http: &reqwest::Client, token: &str, url: String) -> (u16, Value) {
@@ -167,7 +140,7 @@ async fn one_process_with_the_in_process_queue_and_the_simulated_cloud_runs_the_
         .collect();
     assert!(worker_lines.iter().any(|v| v["message"] == "command succeeded"), "{log:#?}");
     assert!(worker_lines.iter().all(|v| v["span"]["command_id"] == r["command_id"]));
-    server.child.kill().await.unwrap();
+    server.kill().await;
 }
 
 #[tokio::test]
@@ -189,7 +162,7 @@ async fn a_server_killed_mid_batch_completes_every_accepted_command_after_restar
         accepted.push((runner, r["command_id"].as_str().unwrap().to_owned()));
     }
     // kill -9: no graceful shutdown, work in flight.
-    server.child.kill().await.unwrap();
+    server.kill().await;
     let before: Vec<String> = {
         let mut v = Vec::new();
         for (_, id) in &accepted {
@@ -201,14 +174,18 @@ async fn a_server_killed_mid_batch_completes_every_accepted_command_after_restar
     assert!(before.iter().any(|s| s != "succeeded"), "the kill should interrupt the batch: {before:?}");
 
     let mut server = serve(&deployment).await;
+    let restarted = std::time::Instant::now();
     for (runner, id) in &accepted {
         let done = wait_done(&http, &token, &server.address, id).await;
         assert_eq!(done["status"], "succeeded", "{runner}: {done}");
     }
+    // The killed process's running commands are resumed at start, not after their leases.
+    let took = restarted.elapsed();
+    assert!(took < Duration::from_secs(20), "resuming took {took:?}");
     let instances = sim_instances(&dir);
     for (runner, _) in &accepted {
         let n = instances.iter().filter(|(r, _)| r == runner).count();
         assert_eq!(n, 1, "runner {runner} has {n} simulated instances");
     }
-    server.child.kill().await.unwrap();
+    server.kill().await;
 }

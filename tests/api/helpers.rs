@@ -350,6 +350,57 @@ impl Drop for Deployment {
     }
 }
 
+/// A `geonex` child process of a deployment, its log captured (for crash tests:
+/// `child.kill()` is a kill -9).
+pub struct Process {
+    pub child: tokio::process::Child,
+    /// The API's URL, for processes that serve it.
+    pub address: String,
+    /// Every log line so far.
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Process {
+    /// Spawns `cmd`; with `listens`, waits until its API is listening.
+    pub async fn start(mut cmd: tokio::process::Command, listens: bool) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        cmd.stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn geonex");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        // Keep draining the log so the process never blocks on a full pipe.
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push(line.clone());
+                if line.contains("API listening")
+                    && let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(v["url"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+        });
+        let address = if listens {
+            tokio::time::timeout(Duration::from_secs(60), rx).await.expect("the API started").unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Self { child, address, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().expect("process still running") as i32
+    }
+
+    /// kill -9: no graceful shutdown, work in flight.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("kill");
+    }
+}
+
 pub struct RunningApp {
     pub address: String,
     shutdown: CancellationToken,

@@ -14,6 +14,7 @@ mod embedded;
 mod images;
 mod proxy;
 mod reconcile;
+mod recovery;
 mod runners;
 mod smtp;
 mod usage;

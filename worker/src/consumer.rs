@@ -17,13 +17,14 @@ use geonex_shared::dispatch::Dispatcher;
 use geonex_shared::domain::{Action, ObservedState, WorkQueue};
 use geonex_shared::message::CommandMessage;
 use geonex_shared::queue::{Delivery, Queue};
-use geonex_shared::store::{Claim, CommandRecord, RunnerRecord, Store, StoreError};
+use geonex_shared::store::{Claim, CommandRecord, Lease, LeaseTerms, RunnerRecord, Store, StoreError};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::handler::Handler;
+use crate::presence::Presence;
 use crate::retry::{Backoff, ErrorClass, HandlerError};
 
 pub struct Worker {
@@ -37,6 +38,8 @@ struct Inner {
     settings: WorkerSettings,
     prefetch: u16,
     backoff: Backoff,
+    presence: Presence,
+    terms: LeaseTerms,
 }
 
 impl Worker {
@@ -51,7 +54,14 @@ impl Worker {
             base: Duration::from_millis(settings.retry_base_ms),
             cap: Duration::from_millis(settings.retry_cap_ms),
         };
-        Self { inner: Arc::new(Inner { store, dispatcher, handlers, settings, prefetch, backoff }) }
+        let presence = Presence::new(store.clone(), settings.heartbeat());
+        let terms = presence.terms(settings.lease(), settings.holder_timeout());
+        Self { inner: Arc::new(Inner { store, dispatcher, handlers, settings, prefetch, backoff, presence, terms }) }
+    }
+
+    /// The id under which this process holds its leases (its worker registry row).
+    pub fn worker_id(&self) -> uuid::Uuid {
+        self.inner.presence.worker_id()
     }
 
     /// The queues this worker has handlers for.
@@ -66,6 +76,15 @@ impl Worker {
     /// within the grace period. Unfinished ones stay unacknowledged and are
     /// redelivered to another worker.
     pub async fn run(self, shutdown: CancellationToken) {
+        // Registered before the first claim, so every lease names a live process.
+        if !self.inner.presence.register(&shutdown).await {
+            return;
+        }
+        let beating = CancellationToken::new();
+        let heartbeat = tokio::spawn({
+            let (presence, beating) = (self.inner.presence.clone(), beating.clone());
+            async move { presence.beat(beating).await }
+        });
         let tracker = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(self.inner.settings.concurrency.max(1)));
         let loops: Vec<_> = self
@@ -78,6 +97,11 @@ impl Worker {
             })
             .collect();
         futures::future::join_all(loops).await;
+        // Every consumer has stopped and waited for its in-flight commands: what
+        // this process still holds can be taken over at once.
+        beating.cancel();
+        let _ = heartbeat.await;
+        self.inner.presence.retire().await;
     }
 }
 
@@ -176,7 +200,7 @@ impl Inner {
     }
 
     async fn process(&self, message: &CommandMessage) -> Settle {
-        let claim = match self.store.claim(message.command_id, self.settings.lease()).await {
+        let claim = match self.store.claim(message.command_id, &self.terms).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim the command; requeueing");
@@ -190,6 +214,7 @@ impl Inner {
                 Settle::Ack
             }
             Claim::Busy => {
+                // Its holder is alive; if it dies, the rescuer re-publishes the command.
                 tracing::info!("command is running elsewhere; duplicate delivery dropped");
                 Settle::Ack
             }
@@ -209,29 +234,47 @@ impl Inner {
 
     async fn execute(&self, command: CommandRecord, runner: Option<RunnerRecord>) -> Settle {
         tracing::info!(attempt = command.attempts, "command started");
-        let lease = self.settings.lease();
-        let renew = CancellationToken::new();
+        let lease = Lease { command_id: command.command_id, holder: self.terms.holder };
+        let duration = self.terms.lease;
+        let done = CancellationToken::new();
+        let lost = CancellationToken::new();
         let renewer = {
-            let (store, renew, id) = (self.store.clone(), renew.clone(), command.command_id);
+            let (store, done, lost) = (self.store.clone(), done.clone(), lost.clone());
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
-                        _ = tokio::time::sleep(lease / 3) => {
-                            if let Err(e) = store.renew_lease(id, lease).await {
-                                tracing::warn!(error = %e, "could not renew the lease");
-                            }
+                        _ = tokio::time::sleep(duration / 3) => {}
+                        _ = done.cancelled() => return,
+                    }
+                    match store.renew_lease(&lease, duration).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            lost.cancel();
+                            return;
                         }
-                        _ = renew.cancelled() => return,
+                        Err(e) => tracing::warn!(error = %e, "could not renew the lease"),
                     }
                 }
             })
         };
-        let outcome = match self.handlers.iter().find(|h| h.actions().contains(&command.action)) {
-            Some(h) => h.handle(&command, runner.as_ref()).await,
-            None => Err(HandlerError::permanent(format!("no handler for {}", command.action))),
+        let run = async {
+            match self.handlers.iter().find(|h| h.actions().contains(&command.action)) {
+                Some(h) => h.handle(&command, runner.as_ref()).await,
+                None => Err(HandlerError::permanent(format!("no handler for {}", command.action))),
+            }
         };
-        renew.cancel();
+        let outcome = tokio::select! {
+            outcome = run => Some(outcome),
+            _ = lost.cancelled() => None,
+        };
+        done.cancel();
         let _ = renewer.await;
+        let Some(outcome) = outcome else {
+            // This process was presumed dead (its heartbeat could not be written)
+            // and another worker took the command over: it is theirs to finish.
+            tracing::warn!("lease lost to another worker; abandoning this attempt");
+            return Settle::Ack;
+        };
 
         match outcome {
             Ok(done) => {
@@ -239,7 +282,7 @@ impl Inner {
                     (Some(id), Some(obs)) => Some((id.as_str(), obs)),
                     _ => None,
                 };
-                let record = || self.store.succeed_command(command.command_id, runner_update, done.result.clone());
+                let record = || self.store.succeed_command(&lease, runner_update, done.result.clone());
                 match persist(record).await {
                     Ok(()) => {
                         tracing::info!(observed = done.runner.as_ref().map(|o| o.observed.as_str()), "command succeeded");
@@ -252,7 +295,7 @@ impl Inner {
                 let delay = self.backoff.delay(command.attempts);
                 let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
                 tracing::warn!(error = %e.message, retry_in_ms = delay.as_millis() as u64, "command failed; will retry");
-                if persist(|| self.store.retry_command(command.command_id, &e.message, next)).await.is_err() {
+                if persist(|| self.store.retry_command(&lease, &e.message, next)).await.is_err() {
                     return Settle::Requeue;
                 }
                 let mut message = command.message();
@@ -270,7 +313,7 @@ impl Inner {
                     (Some(r), Action::StartRunner) if r.instance_id.is_none() => Some(ObservedState::Failed),
                     _ => None,
                 };
-                if persist(|| self.store.kill_command(command.command_id, &e.message, runner_state)).await.is_err() {
+                if persist(|| self.store.kill_command(&lease, &e.message, runner_state)).await.is_err() {
                     return Settle::Requeue;
                 }
                 if let Err(pe) = self.dispatcher.queue().publish_dead(&command.message(), &e.message).await {

@@ -1,7 +1,8 @@
 //! The relay: the outbox's safety net, and the rescuer of commands whose worker died.
 //!
-//! Each tick it (1) returns commands whose lease expired to `retrying` (or `dead`
-//! when their attempts are spent) and (2) publishes every command that should
+//! Each tick it (1) returns commands whose worker died — lease expired, or the
+//! holder's heartbeat stopped — to `retrying` (or `dead` when their attempts are
+//! spent) and (2) publishes every command that should
 //! have a message in flight but has no confirmed publish: accepted while the
 //! broker was down, scheduled for retry when the publish failed, rescued, or
 //! replayed. Several relays may run (one per worker process); a command they
@@ -21,6 +22,8 @@ pub struct Relay {
     store: Arc<dyn Store>,
     dispatcher: Dispatcher,
     settings: RelaySettings,
+    /// A lease holder silent for this long is presumed dead (worker settings).
+    holder_timeout: Duration,
 }
 
 /// What one pass did, for logs and tests.
@@ -32,8 +35,8 @@ pub struct Pass {
 }
 
 impl Relay {
-    pub fn new(store: Arc<dyn Store>, dispatcher: Dispatcher, settings: RelaySettings) -> Self {
-        Self { store, dispatcher, settings }
+    pub fn new(store: Arc<dyn Store>, dispatcher: Dispatcher, settings: RelaySettings, holder_timeout: Duration) -> Self {
+        Self { store, dispatcher, settings, holder_timeout }
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
@@ -55,7 +58,7 @@ impl Relay {
 
     /// One rescue-and-publish pass over the store.
     pub async fn pass(&self) -> Result<Pass, geonex_shared::store::StoreError> {
-        let mut pass = Pass { rescued: self.store.rescue_expired_leases().await?, ..Pass::default() };
+        let mut pass = Pass { rescued: self.store.rescue_expired_leases(self.holder_timeout).await?, ..Pass::default() };
         loop {
             let due = self
                 .store

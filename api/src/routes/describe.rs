@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use geonex_shared::domain::{Action, CommandStatus, DesiredState, ObservedState};
 use geonex_shared::error::FieldError;
-use geonex_shared::store::{CommandQuery, CommandRecord, RunnerQuery, RunnerRecord};
+use geonex_shared::store::{CommandQuery, CommandRecord, RunnerQuery, RunnerRecord, WorkerProcess};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -192,10 +192,75 @@ pub async fn describe_command(State(app): State<AppState>, params: Params) -> Re
     let id = params.parse("command_id", |v| {
         Uuid::parse_str(v).map_err(|_| FieldError::invalid("command_id", "must be a UUID"))
     })?;
-    match app.store.get_command(id).await? {
-        Some(c) => Ok(Json(c).into_response()),
-        None => Err(ApiError::not_found(&format!("command {id}"), "command_id")),
+    let Some(command) = app.store.get_command(id).await? else {
+        return Err(ApiError::not_found(&format!("command {id}"), "command_id"));
+    };
+    // Who runs it, so an operator can tell a long command from a stalled one.
+    let holder = match (command.status, command.lease_holder) {
+        (CommandStatus::Running, Some(holder)) => Some(match app.store.get_worker(holder).await? {
+            Some(w) => HolderView::of(w, Utc::now(), app.holder_timeout),
+            None => HolderView::gone(holder),
+        }),
+        _ => None,
+    };
+    Ok(Json(CommandView { command, holder }).into_response())
+}
+
+/// `/describe-command`: the command plus, while it runs, the process holding it.
+#[derive(Serialize)]
+pub struct CommandView {
+    #[serde(flatten)]
+    pub command: CommandRecord,
+    pub holder: Option<HolderView>,
+}
+
+/// A worker process as an operator sees it: its registry row and whether its
+/// heartbeat is recent enough for it to count as alive.
+#[derive(Serialize, ToSchema)]
+pub struct HolderView {
+    pub worker_id: Uuid,
+    pub hostname: Option<String>,
+    pub pid: Option<i32>,
+    pub version: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub heartbeat_at: Option<DateTime<Utc>>,
+    /// False once the heartbeat is older than `worker.holder_timeout_ms` (or the
+    /// process left the registry): its commands are then taken over.
+    pub alive: bool,
+}
+
+impl HolderView {
+    fn of(w: WorkerProcess, now: DateTime<Utc>, timeout: std::time::Duration) -> Self {
+        let alive = chrono::Duration::from_std(timeout).is_ok_and(|t| now - w.heartbeat_at <= t);
+        Self {
+            worker_id: w.worker_id,
+            hostname: Some(w.hostname),
+            pid: Some(w.pid),
+            version: Some(w.version),
+            started_at: Some(w.started_at),
+            heartbeat_at: Some(w.heartbeat_at),
+            alive,
+        }
     }
+
+    fn gone(worker_id: Uuid) -> Self {
+        Self { worker_id, hostname: None, pid: None, version: None, started_at: None, heartbeat_at: None, alive: false }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WorkerList {
+    pub workers: Vec<HolderView>,
+}
+
+#[utoipa::path(get, path = "/describe-workers", tag = "commands", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Worker processes in the registry, newest first, with whether each is alive", body = WorkerList),
+    ))]
+pub async fn describe_workers(State(app): State<AppState>) -> Result<Json<WorkerList>, ApiError> {
+    let now = Utc::now();
+    let workers = app.store.list_workers().await?.into_iter().map(|w| HolderView::of(w, now, app.holder_timeout)).collect();
+    Ok(Json(WorkerList { workers }))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -53,6 +53,12 @@ pub struct CommandRecord {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The worker process that claimed the current (or last) attempt.
+    pub lease_holder: Option<Uuid>,
+    /// When the current (or last) attempt was claimed.
+    pub claimed_at: Option<DateTime<Utc>>,
+    /// While running: when the lease runs out unless its holder renews it.
+    pub lease_until: Option<DateTime<Utc>>,
 }
 
 impl CommandRecord {
@@ -196,7 +202,43 @@ pub(crate) fn same_request(
     Ok(Submitted { command: existing, created: false })
 }
 
+/// The terms on which a worker process claims commands.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTerms {
+    /// The claiming worker process (its row in the worker registry).
+    pub holder: Uuid,
+    /// How long the lease lasts unless renewed.
+    pub lease: Duration,
+    /// A holder whose heartbeat is older than this is presumed dead: its running
+    /// commands are taken over without waiting for their leases to run out.
+    pub holder_timeout: Duration,
+}
+
+/// A lease held on a running command: only its holder may renew it or settle
+/// the command. A takeover changes the holder, so a worker presumed dead that
+/// comes back can no longer write over the new holder's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub command_id: Uuid,
+    pub holder: Uuid,
+}
+
+/// A worker process in the registry: it claims commands under `worker_id` and
+/// proves it is alive by refreshing `heartbeat_at`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct WorkerProcess {
+    pub worker_id: Uuid,
+    pub hostname: String,
+    pub pid: i32,
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+}
+
 /// What happened when a worker tried to claim a command.
+// `Claimed` is the common case and the value lives for one delivery: boxing it
+// would only add an allocation per claim.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Claim {
     /// The caller now holds the command's lease.
@@ -275,13 +317,28 @@ pub trait Store: Send + Sync + 'static {
     /// or retrying and long overdue.
     async fn due_for_publish(&self, grace: Duration, overdue: Duration, limit: i64)
     -> Result<Vec<CommandRecord>, StoreError>;
-    /// Returns commands whose lease expired (their worker died) to `retrying`, or to
+    /// Returns running commands whose worker died — their lease expired, or their
+    /// holder's heartbeat is older than `holder_timeout` — to `retrying`, or to
     /// `dead` when their attempts are spent. Returns how many were rescued.
-    async fn rescue_expired_leases(&self) -> Result<u64, StoreError>;
+    async fn rescue_expired_leases(&self, holder_timeout: Duration) -> Result<u64, StoreError>;
 
-    async fn claim(&self, command_id: Uuid, lease: Duration) -> Result<Claim, StoreError>;
-    /// Extends a held lease; false if the command is no longer ours to run.
-    async fn renew_lease(&self, command_id: Uuid, lease: Duration) -> Result<bool, StoreError>;
+    /// Claims a command for `terms.holder`: a queued or retrying one, or a running
+    /// one whose lease expired or whose holder is presumed dead (a takeover).
+    async fn claim(&self, command_id: Uuid, terms: &LeaseTerms) -> Result<Claim, StoreError>;
+    /// Extends a held lease; false if the command is no longer ours to run (it
+    /// finished, or another worker took it over).
+    async fn renew_lease(&self, lease: &Lease, duration: Duration) -> Result<bool, StoreError>;
+
+    /// Adds (or refreshes) a worker process in the registry, heartbeat now.
+    async fn register_worker(&self, worker: &WorkerProcess) -> Result<(), StoreError>;
+    /// Refreshes a worker's heartbeat; false if its row is gone (re-register).
+    async fn heartbeat_worker(&self, worker_id: Uuid) -> Result<bool, StoreError>;
+    /// Removes a worker that stopped; its running commands can be taken over at once.
+    /// Also forgets workers silent for longer than `forget_after`.
+    async fn retire_worker(&self, worker_id: Uuid, forget_after: Duration) -> Result<(), StoreError>;
+    async fn get_worker(&self, worker_id: Uuid) -> Result<Option<WorkerProcess>, StoreError>;
+    /// Every registered worker, most recently started first.
+    async fn list_workers(&self) -> Result<Vec<WorkerProcess>, StoreError>;
     /// Progress recorded mid-command (an instance was launched), so a crash after it
     /// loses nothing.
     async fn record_instance(&self, runner_id: &str, obs: &RunnerObservation) -> Result<(), StoreError>;
@@ -289,18 +346,18 @@ pub trait Store: Send + Sync + 'static {
     /// in one transaction.
     async fn succeed_command(
         &self,
-        command_id: Uuid,
+        lease: &Lease,
         runner: Option<(&str, &RunnerObservation)>,
         result: serde_json::Value,
     ) -> Result<(), StoreError>;
     /// Sets a running command to `retrying`; its next message must be published.
-    async fn retry_command(&self, command_id: Uuid, error: &str, next_attempt_at: DateTime<Utc>)
+    async fn retry_command(&self, lease: &Lease, error: &str, next_attempt_at: DateTime<Utc>)
     -> Result<(), StoreError>;
     /// Sets a running command to `dead`, and for runner commands records the error
     /// (and, if given, the observed state) on the runner.
     async fn kill_command(
         &self,
-        command_id: Uuid,
+        lease: &Lease,
         error: &str,
         runner_state: Option<ObservedState>,
     ) -> Result<(), StoreError>;

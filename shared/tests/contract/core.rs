@@ -9,8 +9,8 @@ use geonex_shared::domain::{
     S3Uri,
 };
 use geonex_shared::store::{
-    Claim, CommandQuery, CommandRecord, NewRunnerCommand, ReplaySelector, RunnerObservation, RunnerQuery,
-    RunnerRequest, Store, SubmitError, Submitted,
+    Claim, CommandQuery, CommandRecord, Lease, LeaseTerms, NewRunnerCommand, ReplaySelector, RunnerObservation,
+    RunnerQuery, RunnerRequest, Store, SubmitError, Submitted, WorkerProcess,
 };
 use uuid::Uuid;
 
@@ -56,8 +56,42 @@ pub async fn submit<S: Store>(store: &S, cmd: NewRunnerCommand) -> CommandRecord
     submitted.command
 }
 
+/// The worker process the cases claim as, unless a case names another.
+pub const HOLDER: Uuid = Uuid::from_u128(0x0195_0000_0000_7000_8000_0000_0000_0001);
+
+pub fn worker(worker_id: Uuid) -> WorkerProcess {
+    WorkerProcess {
+        worker_id,
+        hostname: "host-a".into(),
+        pid: 4242,
+        version: "test".into(),
+        started_at: Utc::now(),
+        heartbeat_at: Utc::now(),
+    }
+}
+
+/// Claim terms for `holder` under which other holders never look dead.
+pub fn terms_of(holder: Uuid, lease: Duration) -> LeaseTerms {
+    LeaseTerms { holder, lease, holder_timeout: HOUR }
+}
+
+pub fn terms(lease: Duration) -> LeaseTerms {
+    terms_of(HOLDER, lease)
+}
+
+/// The lease `HOLDER` has on a command it claimed.
+pub fn lease(command_id: Uuid) -> Lease {
+    Lease { command_id, holder: HOLDER }
+}
+
+/// Claims as `HOLDER`, registered (alive) first.
+pub async fn claim<S: Store>(store: &S, id: Uuid, lease: Duration) -> Claim {
+    store.register_worker(&worker(HOLDER)).await.unwrap();
+    store.claim(id, &terms(lease)).await.unwrap()
+}
+
 pub async fn claimed<S: Store>(store: &S, id: Uuid, lease: Duration) -> CommandRecord {
-    match store.claim(id, lease).await.unwrap() {
+    match claim(store, id, lease).await {
         Claim::Claimed { command, .. } => command,
         other => panic!("expected Claimed, got {other:?}"),
     }
@@ -241,11 +275,11 @@ async fn claim_in_runner_order<S: Store>(store: S) {
     let c2 = submit(&store, command("r1", stop(INSTANCE))).await;
     let other = submit(&store, command("r2", start("geonex/fire:1.5"))).await;
     // The later command on r1 waits for the earlier one; other runners do not.
-    assert!(matches!(store.claim(c2.command_id, HOUR).await.unwrap(), Claim::Blocked));
+    assert!(matches!(claim(&store, c2.command_id, HOUR).await, Claim::Blocked));
     claimed(&store, other.command_id, HOUR).await;
 
     let before = Utc::now();
-    let Claim::Claimed { command, runner } = store.claim(c1.command_id, HOUR).await.unwrap() else {
+    let Claim::Claimed { command, runner } = claim(&store, c1.command_id, HOUR).await else {
         panic!("expected Claimed");
     };
     assert_eq!(command.status, CommandStatus::Running);
@@ -257,12 +291,12 @@ async fn claim_in_runner_order<S: Store>(store: S) {
     assert_eq!(runner.unwrap().runner_id, "r1");
     assert_eq!(store.get_command(c1.command_id).await.unwrap().unwrap().updated_at, command.updated_at);
 
-    assert!(matches!(store.claim(c1.command_id, HOUR).await.unwrap(), Claim::Busy));
-    assert!(matches!(store.claim(c2.command_id, HOUR).await.unwrap(), Claim::Blocked));
-    assert!(matches!(store.claim(Uuid::new_v4(), HOUR).await.unwrap(), Claim::NotFound));
+    assert!(matches!(claim(&store, c1.command_id, HOUR).await, Claim::Busy));
+    assert!(matches!(claim(&store, c2.command_id, HOUR).await, Claim::Blocked));
+    assert!(matches!(claim(&store, Uuid::new_v4(), HOUR).await, Claim::NotFound));
 
     let obs = RunnerObservation { instance_id: Some(INSTANCE.into()), observed: ObservedState::Running };
-    store.succeed_command(c1.command_id, Some(("r1", &obs)), serde_json::json!({"instance_id": INSTANCE})).await.unwrap();
+    store.succeed_command(&lease(c1.command_id), Some(("r1", &obs)), serde_json::json!({"instance_id": INSTANCE})).await.unwrap();
     let done = store.get_command(c1.command_id).await.unwrap().unwrap();
     assert_eq!(done.status, CommandStatus::Succeeded);
     assert_eq!(done.result, Some(serde_json::json!({"instance_id": INSTANCE})));
@@ -273,17 +307,18 @@ async fn claim_in_runner_order<S: Store>(store: S) {
     assert_eq!(r.observed_state, ObservedState::Running);
 
     // A duplicate delivery of a finished command.
-    assert!(matches!(store.claim(c1.command_id, HOUR).await.unwrap(), Claim::Finished(CommandStatus::Succeeded)));
+    assert!(matches!(claim(&store, c1.command_id, HOUR).await, Claim::Finished(CommandStatus::Succeeded)));
     let c2 = claimed(&store, c2.command_id, HOUR).await;
     assert_eq!(c2.attempts, 1);
 }
 
 async fn concurrent_claims<S: Store + Clone>(store: S) {
     let c = submit(&store, command("r1", start("geonex/fire:1.5"))).await;
+    store.register_worker(&worker(HOLDER)).await.unwrap();
     let tasks: Vec<_> = (0..4)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.claim(c.command_id, HOUR).await })
+            tokio::spawn(async move { store.claim(c.command_id, &terms(HOUR)).await })
         })
         .collect();
     let mut won = 0;
@@ -303,20 +338,20 @@ async fn lease_renewal_and_expiry<S: Store>(store: S) {
     let c = NewRunnerCommand { max_attempts: 3, ..command("r1", start("geonex/fire:1.5")) };
     let c = submit(&store, c).await;
     claimed(&store, c.command_id, short).await;
-    assert!(store.renew_lease(c.command_id, HOUR).await.unwrap());
-    assert_eq!(store.rescue_expired_leases().await.unwrap(), 0);
-    assert!(store.renew_lease(c.command_id, short).await.unwrap());
-    assert!(matches!(store.claim(c.command_id, short).await.unwrap(), Claim::Busy));
+    assert!(store.renew_lease(&lease(c.command_id), HOUR).await.unwrap());
+    assert_eq!(store.rescue_expired_leases(HOUR).await.unwrap(), 0);
+    assert!(store.renew_lease(&lease(c.command_id), short).await.unwrap());
+    assert!(matches!(claim(&store, c.command_id, short).await, Claim::Busy));
 
     // The worker dies: once the lease runs out, the command is rescued to retrying.
-    eventually(async || { (store.rescue_expired_leases().await.unwrap() == 1).then_some(()) }).await;
+    eventually(async || { (store.rescue_expired_leases(HOUR).await.unwrap() == 1).then_some(()) }).await;
     let rescued = store.get_command(c.command_id).await.unwrap().unwrap();
     assert_eq!(rescued.status, CommandStatus::Retrying);
     assert_eq!(rescued.last_error.as_deref(), Some("worker lost while running (lease expired)"));
     assert!(rescued.next_attempt_at.is_some());
     assert!(rescued.finished_at.is_none());
-    assert!(!store.renew_lease(c.command_id, HOUR).await.unwrap());
-    assert_eq!(store.rescue_expired_leases().await.unwrap(), 0);
+    assert!(!store.renew_lease(&lease(c.command_id), HOUR).await.unwrap());
+    assert_eq!(store.rescue_expired_leases(HOUR).await.unwrap(), 0);
     // It must be published again.
     let due = eventually(async || {
         let due = store.due_for_publish(Duration::ZERO, HOUR, 10).await.unwrap();
@@ -331,7 +366,7 @@ async fn lease_renewal_and_expiry<S: Store>(store: S) {
     assert_eq!(again.attempts, 2);
     assert!(again.next_attempt_at.is_none());
     let taken = eventually(async || {
-        match store.claim(c.command_id, short).await.unwrap() {
+        match claim(&store, c.command_id, short).await {
             Claim::Claimed { command, .. } => Some(command),
             Claim::Busy => None,
             other => panic!("unexpected {other:?}"),
@@ -340,7 +375,7 @@ async fn lease_renewal_and_expiry<S: Store>(store: S) {
     .await;
     assert_eq!(taken.attempts, 3);
     // Attempts spent: the next expiry kills it.
-    eventually(async || { (store.rescue_expired_leases().await.unwrap() == 1).then_some(()) }).await;
+    eventually(async || { (store.rescue_expired_leases(HOUR).await.unwrap() == 1).then_some(()) }).await;
     let dead = store.get_command(c.command_id).await.unwrap().unwrap();
     assert_eq!(dead.status, CommandStatus::Dead);
     assert!(dead.finished_at.is_some() && dead.next_attempt_at.is_none());
@@ -348,32 +383,32 @@ async fn lease_renewal_and_expiry<S: Store>(store: S) {
         dead.last_error.as_deref(),
         Some("worker lost while running (lease expired); previous: worker lost while running (lease expired)")
     );
-    assert!(matches!(store.claim(c.command_id, short).await.unwrap(), Claim::Finished(CommandStatus::Dead)));
+    assert!(matches!(claim(&store, c.command_id, short).await, Claim::Finished(CommandStatus::Dead)));
 }
 
 async fn retry_and_kill<S: Store>(store: S) {
     let c = submit(&store, command("r1", start("geonex/fire:1.5"))).await;
     // Only a running command can be retried, killed or completed.
     let next = Utc::now() + chrono::Duration::minutes(5);
-    store.retry_command(c.command_id, "boom", next).await.unwrap();
-    store.kill_command(c.command_id, "boom", None).await.unwrap();
-    store.succeed_command(c.command_id, None, serde_json::json!({})).await.unwrap();
+    store.retry_command(&lease(c.command_id), "boom", next).await.unwrap();
+    store.kill_command(&lease(c.command_id), "boom", None).await.unwrap();
+    store.succeed_command(&lease(c.command_id), None, serde_json::json!({})).await.unwrap();
     assert_eq!(status(&store, c.command_id).await, CommandStatus::Queued);
 
     claimed(&store, c.command_id, HOUR).await;
     store.mark_published(&[c.command_id]).await.unwrap();
-    store.retry_command(c.command_id, "throttled", next).await.unwrap();
+    store.retry_command(&lease(c.command_id), "throttled", next).await.unwrap();
     let r = store.get_command(c.command_id).await.unwrap().unwrap();
     assert_eq!(r.status, CommandStatus::Retrying);
     assert_eq!(r.last_error.as_deref(), Some("throttled"));
     let at = r.next_attempt_at.unwrap();
     assert!((at - next).num_milliseconds().abs() <= 1);
     // Retrying again needs a new claim; a retrying command can be claimed early.
-    assert!(!store.renew_lease(c.command_id, HOUR).await.unwrap());
+    assert!(!store.renew_lease(&lease(c.command_id), HOUR).await.unwrap());
     let again = claimed(&store, c.command_id, HOUR).await;
     assert_eq!(again.attempts, 2);
 
-    store.kill_command(c.command_id, "no capacity", Some(ObservedState::Failed)).await.unwrap();
+    store.kill_command(&lease(c.command_id), "no capacity", Some(ObservedState::Failed)).await.unwrap();
     let dead = store.get_command(c.command_id).await.unwrap().unwrap();
     assert_eq!(dead.status, CommandStatus::Dead);
     assert_eq!(dead.last_error.as_deref(), Some("no capacity"));
@@ -382,7 +417,7 @@ async fn retry_and_kill<S: Store>(store: S) {
     assert_eq!(r.last_error.as_deref(), Some("no capacity"));
     assert_eq!(r.observed_state, ObservedState::Failed);
     // Nothing moves a dead command but a replay.
-    store.succeed_command(c.command_id, None, serde_json::json!({})).await.unwrap();
+    store.succeed_command(&lease(c.command_id), None, serde_json::json!({})).await.unwrap();
     assert_eq!(status(&store, c.command_id).await, CommandStatus::Dead);
 
     // Killing without a runner state keeps the observed state; a new command
@@ -390,7 +425,7 @@ async fn retry_and_kill<S: Store>(store: S) {
     let c2 = submit(&store, command("r1", stop(INSTANCE))).await;
     assert_eq!(store.get_runner("r1").await.unwrap().unwrap().last_error, None);
     claimed(&store, c2.command_id, HOUR).await;
-    store.kill_command(c2.command_id, "later", None).await.unwrap();
+    store.kill_command(&lease(c2.command_id), "later", None).await.unwrap();
     let r = store.get_runner("r1").await.unwrap().unwrap();
     assert_eq!(r.last_error.as_deref(), Some("later"));
     assert_eq!(r.observed_state, ObservedState::Failed);
@@ -423,7 +458,7 @@ async fn publishing<S: Store>(store: S) {
     claimed(&store, b.command_id, HOUR).await;
     store.mark_published(&[b.command_id]).await.unwrap();
     let long_ago = Utc::now() - chrono::Duration::hours(2);
-    store.retry_command(b.command_id, "boom", long_ago).await.unwrap();
+    store.retry_command(&lease(b.command_id), "boom", long_ago).await.unwrap();
     let due = store.due_for_publish(HOUR, HOUR, 10).await.unwrap();
     // Unpublished but within the grace period, yet overdue by more than an hour.
     assert_eq!(due.iter().map(|c| c.command_id).collect::<Vec<_>>(), [b.command_id]);
@@ -445,7 +480,7 @@ async fn publishing<S: Store>(store: S) {
     let c_claimed = claimed(&store, c.command_id, HOUR).await;
     assert_eq!(c_claimed.status, CommandStatus::Running);
     let later = Utc::now() + chrono::Duration::hours(1);
-    store.retry_command(c.command_id, "boom", later).await.unwrap();
+    store.retry_command(&lease(c.command_id), "boom", later).await.unwrap();
     store.mark_published(&[c.command_id]).await.unwrap();
     let kept = store.get_command(c.command_id).await.unwrap().unwrap().next_attempt_at.unwrap();
     assert!((kept - later).num_milliseconds().abs() <= 1);
@@ -460,7 +495,7 @@ async fn recover_after_restart<S: Store>(store: S) {
     claimed(&store, running.command_id, HOUR).await;
     claimed(&store, spent.command_id, HOUR).await;
     claimed(&store, finished.command_id, HOUR).await;
-    store.succeed_command(finished.command_id, None, serde_json::json!({})).await.unwrap();
+    store.succeed_command(&lease(finished.command_id), None, serde_json::json!({})).await.unwrap();
 
     assert_eq!(store.recover_unfinished().await.unwrap(), 2);
     let r = store.get_command(running.command_id).await.unwrap().unwrap();
@@ -483,7 +518,7 @@ async fn recover_after_restart<S: Store>(store: S) {
 
 async fn kill<S: Store>(store: &S, id: Uuid) {
     claimed(store, id, HOUR).await;
-    store.kill_command(id, "boom", Some(ObservedState::Failed)).await.unwrap();
+    store.kill_command(&lease(id), "boom", Some(ObservedState::Failed)).await.unwrap();
 }
 
 async fn replay_dead_commands<S: Store>(store: S) {
@@ -510,7 +545,7 @@ async fn replay_dead_commands<S: Store>(store: S) {
     assert!(nothing.replayed.is_empty() && nothing.skipped.is_empty());
     let claimed_again = claimed(&store, a.command_id, HOUR).await;
     assert_eq!(claimed_again.attempts, 1);
-    store.succeed_command(a.command_id, None, serde_json::json!({})).await.unwrap();
+    store.succeed_command(&lease(a.command_id), None, serde_json::json!({})).await.unwrap();
 
     // On r2 the dead start was superseded by a later stop: replaying it would undo that.
     let b = submit(&store, command("r2", start("geonex/fire:1.5"))).await;
@@ -595,12 +630,106 @@ async fn listing_paging_and_revisions<S: Store>(store: S) {
     // Reads change no revision.
     let rev = (store.runners_revision().await.unwrap(), store.commands_revision().await.unwrap());
     store.list_runners(&RunnerQuery { limit: 10, ..Default::default() }).await.unwrap();
-    store.claim(ids[0].command_id, HOUR).await.unwrap();
+    claim(&store, ids[0].command_id, HOUR).await;
     assert_eq!((store.runners_revision().await.unwrap(), store.commands_revision().await.unwrap()), rev);
+}
+
+/// A dead worker's commands are taken over as soon as its heartbeat is stale,
+/// long before their leases run out; the old holder can no longer write.
+async fn takeover_from_a_dead_holder<S: Store>(store: S) {
+    let quick = Duration::from_millis(1500);
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    store.register_worker(&worker(a)).await.unwrap();
+    store.register_worker(&worker(b)).await.unwrap();
+    let c = submit(&store, command("r1", start("geonex/fire:1.5"))).await;
+    let Claim::Claimed { command, .. } = store.claim(c.command_id, &terms_of(a, HOUR)).await.unwrap() else {
+        panic!("a claims first");
+    };
+    assert_eq!(command.lease_holder, Some(a));
+    let claimed_at = command.claimed_at.expect("claim time");
+    assert!(command.lease_until.unwrap() > claimed_at);
+    let b_terms = LeaseTerms { holder: b, lease: HOUR, holder_timeout: quick };
+    // While a's heartbeat is fresh, b sees it busy.
+    assert!(store.heartbeat_worker(a).await.unwrap());
+    assert!(matches!(store.claim(c.command_id, &b_terms).await.unwrap(), Claim::Busy));
+    let listed = store.list_workers().await.unwrap();
+    assert!(listed.iter().any(|w| w.worker_id == a && w.hostname == "host-a" && w.pid == 4242));
+    let before = store.get_worker(a).await.unwrap().unwrap().heartbeat_at;
+
+    // a is killed: no more heartbeats. Within the holder timeout b takes over,
+    // though a's lease has an hour left.
+    let taken = eventually(async || {
+        store.heartbeat_worker(b).await.unwrap();
+        match store.claim(c.command_id, &b_terms).await.unwrap() {
+            Claim::Claimed { command, .. } => Some(command),
+            Claim::Busy => None,
+            other => panic!("unexpected {other:?}"),
+        }
+    })
+    .await;
+    assert_eq!(taken.attempts, 2);
+    assert_eq!(taken.lease_holder, Some(b));
+    assert!(taken.claimed_at.unwrap() >= claimed_at);
+    assert_eq!(store.get_worker(a).await.unwrap().unwrap().heartbeat_at, before);
+
+    // a comes back: it cannot renew, and what it writes is ignored.
+    let lease_a = Lease { command_id: c.command_id, holder: a };
+    assert!(!store.renew_lease(&lease_a, HOUR).await.unwrap());
+    let obs = RunnerObservation { instance_id: Some(INSTANCE.into()), observed: ObservedState::Running };
+    store.succeed_command(&lease_a, Some(("r1", &obs)), serde_json::json!({"by": "a"})).await.unwrap();
+    store.retry_command(&lease_a, "a", Utc::now()).await.unwrap();
+    store.kill_command(&lease_a, "a", Some(ObservedState::Failed)).await.unwrap();
+    let still = store.get_command(c.command_id).await.unwrap().unwrap();
+    assert_eq!((still.status, still.lease_holder), (CommandStatus::Running, Some(b)));
+    let r = store.get_runner("r1").await.unwrap().unwrap();
+    assert_eq!((r.instance_id, r.observed_state), (None, ObservedState::Requested));
+
+    let lease_b = Lease { command_id: c.command_id, holder: b };
+    assert!(store.renew_lease(&lease_b, HOUR).await.unwrap());
+    store.succeed_command(&lease_b, Some(("r1", &obs)), serde_json::json!({"by": "b"})).await.unwrap();
+    let done = store.get_command(c.command_id).await.unwrap().unwrap();
+    assert_eq!(done.status, CommandStatus::Succeeded);
+    assert_eq!(done.result, Some(serde_json::json!({"by": "b"})));
+}
+
+/// The rescuer returns a dead holder's command to the queue; a holder that left
+/// the registry (stopped gracefully) frees its commands at once.
+async fn rescue_of_dead_and_retired_holders<S: Store>(store: S) {
+    let quick = Duration::from_millis(300);
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    store.register_worker(&worker(a)).await.unwrap();
+    let c = submit(&store, command("r1", start("geonex/fire:1.5"))).await;
+    let d = submit(&store, command("r2", start("geonex/fire:1.5"))).await;
+    assert!(matches!(store.claim(c.command_id, &terms_of(a, HOUR)).await.unwrap(), Claim::Claimed { .. }));
+    assert_eq!(store.rescue_expired_leases(HOUR).await.unwrap(), 0);
+    eventually(async || (store.rescue_expired_leases(quick).await.unwrap() == 1).then_some(())).await;
+    let rescued = store.get_command(c.command_id).await.unwrap().unwrap();
+    assert_eq!(rescued.status, CommandStatus::Retrying);
+    assert_eq!(rescued.last_error.as_deref(), Some("worker lost while running (its process stopped heartbeating)"));
+    assert!(rescued.lease_until.is_none());
+    assert_eq!(store.due_for_publish(Duration::ZERO, HOUR, 10).await.unwrap()[0].command_id, c.command_id);
+
+    // A graceful stop: a leaves the registry, b (alive) takes its command over.
+    store.register_worker(&worker(a)).await.unwrap();
+    store.register_worker(&worker(b)).await.unwrap();
+    assert!(matches!(store.claim(d.command_id, &terms_of(a, HOUR)).await.unwrap(), Claim::Claimed { .. }));
+    assert!(matches!(store.claim(d.command_id, &terms_of(b, HOUR)).await.unwrap(), Claim::Busy));
+    store.retire_worker(a, HOUR).await.unwrap();
+    assert!(store.get_worker(a).await.unwrap().is_none());
+    assert!(!store.heartbeat_worker(a).await.unwrap());
+    let Claim::Claimed { command, .. } = store.claim(d.command_id, &terms_of(b, HOUR)).await.unwrap() else {
+        panic!("a retired holder's command is free");
+    };
+    assert_eq!(command.lease_holder, Some(b));
+    // Retiring also forgets every row silent for longer than `forget_after`.
+    store.retire_worker(Uuid::now_v7(), Duration::ZERO).await.unwrap();
+    assert!(store.list_workers().await.unwrap().is_empty());
 }
 
 contract!(
     ping_and_migrate_again,
+    takeover_from_a_dead_holder,
+    rescue_of_dead_and_retired_holders,
     submit_creates_runner_and_command,
     idempotency_key,
     runner_state_planning,

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::domain::{Action, CommandStatus, DesiredState, ObservedState};
 use crate::store::{
-    Claim, CommandQuery, CommandRecord, NewRunnerCommand, ReplaySelector, Replayed, RunnerChange,
+    Claim, CommandQuery, CommandRecord, Lease, LeaseTerms, NewRunnerCommand, ReplaySelector, Replayed, RunnerChange, WorkerProcess,
     RunnerObservation, RunnerQuery, RunnerRecord, Store, StoreError, SubmitError, Submitted, plan_runner_command,
     same_request,
 };
@@ -31,7 +31,8 @@ pub struct PgStore {
 }
 
 pub(crate) const COMMAND_COLUMNS: &str = "command_id, seq, action, runner_id, params, status, attempts, max_attempts, \
-     last_error, result, requested_by, trace_id, created_at, updated_at, started_at, finished_at, next_attempt_at";
+     last_error, result, requested_by, trace_id, created_at, updated_at, started_at, finished_at, next_attempt_at, \
+     lease_holder, claimed_at, lease_until";
 
 pub(crate) const RUNNER_COLUMNS: &str = "runner_id, runner_name, instance_type, image_name, s3_output, instance_id, \
      desired_state, observed_state, last_error, last_heartbeat_at, created_at, updated_at";
@@ -186,7 +187,31 @@ pub(crate) fn command_from_row(r: &sqlx::postgres::PgRow) -> Result<CommandRecor
         started_at: r.try_get("started_at")?,
         finished_at: r.try_get("finished_at")?,
         next_attempt_at: r.try_get("next_attempt_at")?,
+        lease_holder: r.try_get("lease_holder")?,
+        claimed_at: r.try_get("claimed_at")?,
+        lease_until: r.try_get("lease_until")?,
     })
+}
+
+const WORKER_COLUMNS: &str = "worker_id, hostname, pid, version, started_at, heartbeat_at";
+
+fn worker_from_row(r: &sqlx::postgres::PgRow) -> Result<WorkerProcess, StoreError> {
+    Ok(WorkerProcess {
+        worker_id: r.try_get("worker_id")?,
+        hostname: r.try_get("hostname")?,
+        pid: r.try_get("pid")?,
+        version: r.try_get("version")?,
+        started_at: r.try_get("started_at")?,
+        heartbeat_at: r.try_get("heartbeat_at")?,
+    })
+}
+
+/// A running command whose holder stopped heartbeating ($N: the holder timeout in ms).
+fn holder_dead(n: u8) -> String {
+    format!(
+        "(lease_holder is not null and not exists (select 1 from worker_process w \
+          where w.worker_id = lease_holder and w.heartbeat_at > now() - make_interval(secs => ${n} / 1000.0)))"
+    )
 }
 
 pub(crate) fn runner_from_row(r: &sqlx::postgres::PgRow) -> Result<RunnerRecord, StoreError> {
@@ -331,35 +356,43 @@ impl Store for PgStore {
         rows.iter().map(command_from_row).collect()
     }
 
-    async fn rescue_expired_leases(&self) -> Result<u64, StoreError> {
-        let done = sqlx::query(
+    async fn rescue_expired_leases(&self, holder_timeout: Duration) -> Result<u64, StoreError> {
+        let dead = holder_dead(1);
+        let done = sqlx::query(AssertSqlSafe(format!(
             "update command set \
                status = case when attempts >= max_attempts then 'dead' else 'retrying' end, \
                finished_at = case when attempts >= max_attempts then now() end, \
                next_attempt_at = case when attempts >= max_attempts then null else now() end, \
-               last_error = 'worker lost while running (lease expired)' || coalesce('; previous: ' || last_error, ''), \
+               last_error = case when lease_until < now() then 'worker lost while running (lease expired)' \
+                 else 'worker lost while running (its process stopped heartbeating)' end \
+                 || coalesce('; previous: ' || last_error, ''), \
                lease_until = null, published_at = null \
-             where status = 'running' and lease_until < now()",
-        )
+             where status = 'running' and (lease_until < now() or {dead})"
+        )))
+        .bind(millis(holder_timeout))
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
     }
 
-    async fn claim(&self, command_id: Uuid, lease: Duration) -> Result<Claim, StoreError> {
+    async fn claim(&self, command_id: Uuid, terms: &LeaseTerms) -> Result<Claim, StoreError> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "update command c set status = 'running', attempts = c.attempts + 1, \
-               lease_until = now() + make_interval(secs => $2 / 1000.0), \
+               lease_until = now() + make_interval(secs => $2 / 1000.0), lease_holder = $3, claimed_at = now(), \
                started_at = coalesce(c.started_at, now()), next_attempt_at = null \
              where c.command_id = $1 \
-               and (c.status in ('queued', 'retrying') or (c.status = 'running' and c.lease_until < now())) \
+               and (c.status in ('queued', 'retrying') \
+                    or (c.status = 'running' and (c.lease_until < now() or {}))) \
                and not exists (select 1 from command e where e.runner_id = c.runner_id and e.seq < c.seq \
                                and e.status not in ('succeeded', 'dead')) \
              returning {}",
-            COMMAND_COLUMNS.split(", ").map(|c| format!("c.{c}")).collect::<Vec<_>>().join(", ")
+            holder_dead(4).replace("lease_holder", "c.lease_holder"),
+            COMMAND_COLUMNS.split(", ").map(|c| format!("c.{}", c.trim())).collect::<Vec<_>>().join(", ")
         )))
         .bind(command_id)
-        .bind(millis(lease))
+        .bind(millis(terms.lease))
+        .bind(terms.holder)
+        .bind(millis(terms.holder_timeout))
         .fetch_optional(&self.pool)
         .await?;
         if let Some(row) = row {
@@ -380,16 +413,70 @@ impl Store for PgStore {
         })
     }
 
-    async fn renew_lease(&self, command_id: Uuid, lease: Duration) -> Result<bool, StoreError> {
+    async fn renew_lease(&self, lease: &Lease, duration: Duration) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "update command set lease_until = now() + make_interval(secs => $2 / 1000.0) \
-             where command_id = $1 and status = 'running'",
+             where command_id = $1 and status = 'running' and lease_holder = $3",
         )
-        .bind(command_id)
-        .bind(millis(lease))
+        .bind(lease.command_id)
+        .bind(millis(duration))
+        .bind(lease.holder)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn register_worker(&self, w: &WorkerProcess) -> Result<(), StoreError> {
+        sqlx::query(
+            "insert into worker_process (worker_id, hostname, pid, version, started_at, heartbeat_at) \
+             values ($1, $2, $3, $4, $5, now()) \
+             on conflict (worker_id) do update set heartbeat_at = now()",
+        )
+        .bind(w.worker_id)
+        .bind(&w.hostname)
+        .bind(w.pid)
+        .bind(&w.version)
+        .bind(w.started_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn heartbeat_worker(&self, worker_id: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query("update worker_process set heartbeat_at = now() where worker_id = $1")
+            .bind(worker_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn retire_worker(&self, worker_id: Uuid, forget_after: Duration) -> Result<(), StoreError> {
+        sqlx::query(
+            "delete from worker_process where worker_id = $1 \
+             or heartbeat_at < now() - make_interval(secs => $2 / 1000.0)",
+        )
+        .bind(worker_id)
+        .bind(millis(forget_after))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_worker(&self, worker_id: Uuid) -> Result<Option<WorkerProcess>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!("select {WORKER_COLUMNS} from worker_process where worker_id = $1")))
+            .bind(worker_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| worker_from_row(&r)).transpose()
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerProcess>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "select {WORKER_COLUMNS} from worker_process order by started_at desc, worker_id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(worker_from_row).collect()
     }
 
     async fn record_instance(&self, runner_id: &str, obs: &RunnerObservation) -> Result<(), StoreError> {
@@ -406,7 +493,7 @@ impl Store for PgStore {
 
     async fn succeed_command(
         &self,
-        command_id: Uuid,
+        lease: &Lease,
         runner: Option<(&str, &RunnerObservation)>,
         result: serde_json::Value,
     ) -> Result<(), StoreError> {
@@ -422,31 +509,38 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query(
+        let done = sqlx::query(
             "update command set status = 'succeeded', result = $2, finished_at = now(), lease_until = null, \
-             last_error = null where command_id = $1 and status = 'running'",
+             last_error = null where command_id = $1 and status = 'running' and lease_holder = $3",
         )
-        .bind(command_id)
+        .bind(lease.command_id)
         .bind(result)
+        .bind(lease.holder)
         .execute(&mut *tx)
         .await?;
+        if done.rows_affected() == 0 {
+            // Not ours any more (taken over, or finished): leave the runner to its holder.
+            tx.rollback().await?;
+            return Ok(());
+        }
         tx.commit().await?;
         Ok(())
     }
 
     async fn retry_command(
         &self,
-        command_id: Uuid,
+        lease: &Lease,
         error: &str,
         next_attempt_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "update command set status = 'retrying', last_error = $2, next_attempt_at = $3, lease_until = null, \
-             published_at = null where command_id = $1 and status = 'running'",
+             published_at = null where command_id = $1 and status = 'running' and lease_holder = $4",
         )
-        .bind(command_id)
+        .bind(lease.command_id)
         .bind(error)
         .bind(next_attempt_at)
+        .bind(lease.holder)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -454,17 +548,19 @@ impl Store for PgStore {
 
     async fn kill_command(
         &self,
-        command_id: Uuid,
+        lease: &Lease,
         error: &str,
         runner_state: Option<ObservedState>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let runner_id: Option<Option<String>> = sqlx::query_scalar(
             "update command set status = 'dead', last_error = $2, finished_at = now(), lease_until = null, \
-             next_attempt_at = null where command_id = $1 and status = 'running' returning runner_id",
+             next_attempt_at = null where command_id = $1 and status = 'running' and lease_holder = $3 \
+             returning runner_id",
         )
-        .bind(command_id)
+        .bind(lease.command_id)
         .bind(error)
+        .bind(lease.holder)
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(Some(runner_id)) = runner_id {

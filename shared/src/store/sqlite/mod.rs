@@ -23,7 +23,8 @@ use uuid::Uuid;
 use crate::domain::{Action, CommandStatus, DesiredState, ObservedState};
 use crate::store::same_request;
 use crate::store::{
-    Claim, CommandQuery, CommandRecord, NewRunnerCommand, ReplaySelector, Replayed, RunnerChange,
+    Claim, CommandQuery, CommandRecord, Lease, LeaseTerms, NewRunnerCommand, ReplaySelector, Replayed, RunnerChange,
+    WorkerProcess,
     RunnerObservation, RunnerQuery, RunnerRecord, Store, StoreError, SubmitError, Submitted, plan_runner_command,
 };
 
@@ -79,7 +80,8 @@ fn decode<T>(value: Option<T>, what: &str, raw: &str) -> Result<T, StoreError> {
 }
 
 pub(crate) const COMMAND_COLUMNS: &str = "command_id, seq, action, runner_id, params, status, attempts, max_attempts, \
-     last_error, result, requested_by, trace_id, created_at, updated_at, started_at, finished_at, next_attempt_at";
+     last_error, result, requested_by, trace_id, created_at, updated_at, started_at, finished_at, next_attempt_at, \
+     lease_holder, claimed_at, lease_until";
 
 pub(crate) const RUNNER_COLUMNS: &str = "runner_id, runner_name, instance_type, image_name, s3_output, instance_id, \
      desired_state, observed_state, last_error, last_heartbeat_at, created_at, updated_at";
@@ -108,7 +110,32 @@ pub(crate) fn command_from_row(r: &SqliteRow) -> Result<CommandRecord, StoreErro
         started_at: r.try_get("started_at")?,
         finished_at: r.try_get("finished_at")?,
         next_attempt_at: r.try_get("next_attempt_at")?,
+        lease_holder: r.try_get::<Option<String>, _>("lease_holder")?.as_deref().map(uuid_from).transpose()?,
+        claimed_at: r.try_get("claimed_at")?,
+        lease_until: r.try_get("lease_until")?,
     })
+}
+
+const WORKER_COLUMNS: &str = "worker_id, hostname, pid, version, started_at, heartbeat_at";
+
+fn worker_from_row(r: &SqliteRow) -> Result<WorkerProcess, StoreError> {
+    let worker_id: String = r.try_get("worker_id")?;
+    Ok(WorkerProcess {
+        worker_id: uuid_from(&worker_id)?,
+        hostname: r.try_get("hostname")?,
+        pid: r.try_get("pid")?,
+        version: r.try_get("version")?,
+        started_at: r.try_get("started_at")?,
+        heartbeat_at: r.try_get("heartbeat_at")?,
+    })
+}
+
+/// A running command whose holder stopped heartbeating (?N: the oldest live heartbeat).
+fn holder_dead(n: u8) -> String {
+    format!(
+        "(lease_holder is not null and not exists (select 1 from worker_process w \
+          where w.worker_id = lease_holder and w.heartbeat_at > ?{n}))"
+    )
 }
 
 pub(crate) fn runner_from_row(r: &SqliteRow) -> Result<RunnerRecord, StoreError> {
@@ -416,34 +443,43 @@ impl Store for SqliteStore {
         rows.iter().map(command_from_row).collect()
     }
 
-    async fn rescue_expired_leases(&self) -> Result<u64, StoreError> {
+    async fn rescue_expired_leases(&self, holder_timeout: Duration) -> Result<u64, StoreError> {
+        let dead = holder_dead(1);
         let done = sqlx::query(AssertSqlSafe(format!(
             "update command set \
                status = case when attempts >= max_attempts then 'dead' else 'retrying' end, \
                finished_at = case when attempts >= max_attempts then {NOW} end, \
                next_attempt_at = case when attempts >= max_attempts then null else {NOW} end, \
-               last_error = 'worker lost while running (lease expired)' || coalesce('; previous: ' || last_error, ''), \
+               last_error = case when lease_until < {NOW} then 'worker lost while running (lease expired)' \
+                 else 'worker lost while running (its process stopped heartbeating)' end \
+                 || coalesce('; previous: ' || last_error, ''), \
                lease_until = null, published_at = null \
-             where status = 'running' and lease_until < {NOW}"
+             where status = 'running' and (lease_until < {NOW} or {dead})"
         )))
+        .bind(ts_ago(holder_timeout))
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
     }
 
-    async fn claim(&self, command_id: Uuid, lease: Duration) -> Result<Claim, StoreError> {
+    async fn claim(&self, command_id: Uuid, terms: &LeaseTerms) -> Result<Claim, StoreError> {
         // One statement, so SQLite runs it under the write lock from start to end.
+        let dead = holder_dead(4).replace("lease_holder", "c.lease_holder");
         let row = sqlx::query(AssertSqlSafe(format!(
             "update command as c set status = 'running', attempts = c.attempts + 1, lease_until = ?2, \
+               lease_holder = ?3, claimed_at = {NOW}, \
                started_at = coalesce(c.started_at, {NOW}), next_attempt_at = null, {TOUCHED} \
              where c.command_id = ?1 \
-               and (c.status in ('queued', 'retrying') or (c.status = 'running' and c.lease_until < {NOW})) \
+               and (c.status in ('queued', 'retrying') \
+                    or (c.status = 'running' and (c.lease_until < {NOW} or {dead}))) \
                and not exists (select 1 from command e where e.runner_id = c.runner_id and e.seq < c.seq \
                                and e.status not in ('succeeded', 'dead')) \
              returning {COMMAND_COLUMNS}"
         )))
         .bind(uuid_text(command_id))
-        .bind(ts_in(lease))
+        .bind(ts_in(terms.lease))
+        .bind(uuid_text(terms.holder))
+        .bind(ts_ago(terms.holder_timeout))
         .fetch_optional(&self.pool)
         .await?;
         if let Some(row) = row {
@@ -464,13 +500,68 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn renew_lease(&self, command_id: Uuid, lease: Duration) -> Result<bool, StoreError> {
-        let done = sqlx::query("update command set lease_until = ?2 where command_id = ?1 and status = 'running'")
-            .bind(uuid_text(command_id))
-            .bind(ts_in(lease))
+    async fn renew_lease(&self, lease: &Lease, duration: Duration) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "update command set lease_until = ?2 where command_id = ?1 and status = 'running' and lease_holder = ?3",
+        )
+        .bind(uuid_text(lease.command_id))
+        .bind(ts_in(duration))
+        .bind(uuid_text(lease.holder))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn register_worker(&self, w: &WorkerProcess) -> Result<(), StoreError> {
+        sqlx::query(AssertSqlSafe(format!(
+            "insert into worker_process (worker_id, hostname, pid, version, started_at, heartbeat_at) \
+             values (?1, ?2, ?3, ?4, ?5, {NOW}) \
+             on conflict (worker_id) do update set heartbeat_at = {NOW}"
+        )))
+        .bind(uuid_text(w.worker_id))
+        .bind(&w.hostname)
+        .bind(w.pid)
+        .bind(&w.version)
+        .bind(ts(w.started_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn heartbeat_worker(&self, worker_id: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query(AssertSqlSafe(format!(
+            "update worker_process set heartbeat_at = {NOW} where worker_id = ?1"
+        )))
+        .bind(uuid_text(worker_id))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn retire_worker(&self, worker_id: Uuid, forget_after: Duration) -> Result<(), StoreError> {
+        sqlx::query("delete from worker_process where worker_id = ?1 or heartbeat_at < ?2")
+            .bind(uuid_text(worker_id))
+            .bind(ts_ago(forget_after))
             .execute(&self.pool)
             .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(())
+    }
+
+    async fn get_worker(&self, worker_id: Uuid) -> Result<Option<WorkerProcess>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!("select {WORKER_COLUMNS} from worker_process where worker_id = ?1")))
+            .bind(uuid_text(worker_id))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| worker_from_row(&r)).transpose()
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerProcess>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "select {WORKER_COLUMNS} from worker_process order by started_at desc, worker_id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(worker_from_row).collect()
     }
 
     async fn record_instance(&self, runner_id: &str, obs: &RunnerObservation) -> Result<(), StoreError> {
@@ -487,7 +578,7 @@ impl Store for SqliteStore {
 
     async fn succeed_command(
         &self,
-        command_id: Uuid,
+        lease: &Lease,
         runner: Option<(&str, &RunnerObservation)>,
         result: serde_json::Value,
     ) -> Result<(), StoreError> {
@@ -503,31 +594,38 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query(AssertSqlSafe(format!(
+        let done = sqlx::query(AssertSqlSafe(format!(
             "update command set status = 'succeeded', result = ?2, finished_at = {NOW}, lease_until = null, \
-             last_error = null where command_id = ?1 and status = 'running'"
+             last_error = null where command_id = ?1 and status = 'running' and lease_holder = ?3"
         )))
-        .bind(uuid_text(command_id))
+        .bind(uuid_text(lease.command_id))
         .bind(result.to_string())
+        .bind(uuid_text(lease.holder))
         .execute(&mut *tx)
         .await?;
+        if done.rows_affected() == 0 {
+            // Not ours any more (taken over, or finished): leave the runner to its holder.
+            tx.rollback().await?;
+            return Ok(());
+        }
         tx.commit().await?;
         Ok(())
     }
 
     async fn retry_command(
         &self,
-        command_id: Uuid,
+        lease: &Lease,
         error: &str,
         next_attempt_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "update command set status = 'retrying', last_error = ?2, next_attempt_at = ?3, lease_until = null, \
-             published_at = null where command_id = ?1 and status = 'running'",
+             published_at = null where command_id = ?1 and status = 'running' and lease_holder = ?4",
         )
-        .bind(uuid_text(command_id))
+        .bind(uuid_text(lease.command_id))
         .bind(error)
         .bind(ts(next_attempt_at))
+        .bind(uuid_text(lease.holder))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -535,17 +633,19 @@ impl Store for SqliteStore {
 
     async fn kill_command(
         &self,
-        command_id: Uuid,
+        lease: &Lease,
         error: &str,
         runner_state: Option<ObservedState>,
     ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
         let runner_id: Option<Option<String>> = sqlx::query_scalar(AssertSqlSafe(format!(
             "update command set status = 'dead', last_error = ?2, finished_at = {NOW}, lease_until = null, \
-             next_attempt_at = null where command_id = ?1 and status = 'running' returning runner_id"
+             next_attempt_at = null where command_id = ?1 and status = 'running' and lease_holder = ?3 \
+             returning runner_id"
         )))
-        .bind(uuid_text(command_id))
+        .bind(uuid_text(lease.command_id))
         .bind(error)
+        .bind(uuid_text(lease.holder))
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(Some(runner_id)) = runner_id {

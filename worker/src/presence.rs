@@ -1,0 +1,107 @@
+//! A worker process's presence in the worker registry: the row that says which
+//! process holds a running command and whether it is still alive.
+//!
+//! A process registers before it claims anything and refreshes its heartbeat
+//! every `heartbeat_ms`. When it is killed the heartbeat stops, and after
+//! `holder_timeout_ms` every command it held is taken over (by a redelivered
+//! message's claim or by the relay's rescuer) instead of waiting out its lease.
+//! A process that stops gracefully removes its row once its in-flight commands
+//! are done, so whatever it left unfinished is taken over at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use geonex_shared::store::{LeaseTerms, Store, WorkerProcess};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Rows of workers silent for this long are forgotten when another worker stops.
+const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Clone)]
+pub struct Presence {
+    store: Arc<dyn Store>,
+    me: WorkerProcess,
+    heartbeat: Duration,
+}
+
+impl Presence {
+    pub fn new(store: Arc<dyn Store>, heartbeat: Duration) -> Self {
+        let me = WorkerProcess {
+            worker_id: Uuid::now_v7(),
+            hostname: hostname(),
+            pid: std::process::id() as i32,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: Utc::now(),
+            heartbeat_at: Utc::now(),
+        };
+        Self { store, me, heartbeat }
+    }
+
+    pub fn worker_id(&self) -> Uuid {
+        self.me.worker_id
+    }
+
+    /// The terms this process claims commands on.
+    pub fn terms(&self, lease: Duration, holder_timeout: Duration) -> LeaseTerms {
+        LeaseTerms { holder: self.me.worker_id, lease, holder_timeout }
+    }
+
+    /// Registers, retrying until the database takes it or `shutdown` fires.
+    /// Returns false if it never registered.
+    pub async fn register(&self, shutdown: &CancellationToken) -> bool {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.store.register_worker(&self.me).await {
+                Ok(()) => {
+                    tracing::info!(worker_id = %self.me.worker_id, "worker registered");
+                    return true;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot register the worker; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return false,
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Refreshes the heartbeat until `stop` fires. A row that disappeared (an
+    /// operator cleaned the registry) is written again.
+    pub async fn beat(&self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.heartbeat) => {}
+                _ = stop.cancelled() => return,
+            }
+            match self.store.heartbeat_worker(self.me.worker_id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    if let Err(e) = self.store.register_worker(&self.me).await {
+                        tracing::warn!(error = %e, "cannot re-register the worker");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot refresh the worker heartbeat"),
+            }
+        }
+    }
+
+    /// Leaves the registry: whatever this process still holds is free at once.
+    pub async fn retire(&self) {
+        if let Err(e) = self.store.retire_worker(self.me.worker_id, FORGET_AFTER).await {
+            tracing::warn!(error = %e, "could not leave the worker registry; its row will go stale");
+        }
+    }
+}
+
+/// This machine's name, for operators reading the registry.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
