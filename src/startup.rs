@@ -8,21 +8,16 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use geonex_api::AppState;
 use geonex_api::auth::LoginThrottle;
-use geonex_shared::config::Settings;
+use geonex_shared::config::{CloudChoice, Settings};
 use geonex_shared::dispatch::Dispatcher;
 use geonex_shared::domain::InstanceTypePolicy;
 use geonex_shared::queue::Queue;
 use geonex_shared::queue::local::LocalQueue;
 use geonex_shared::queue::rabbitmq::{RabbitQueue, Topology};
-use geonex_shared::store::{Database, Store};
-use geonex_shared::store::containers::ContainerStore;
-use geonex_shared::store::email::EmailStore;
-use geonex_shared::store::images::ImageStore;
+use geonex_shared::store::Database;
 use geonex_shared::store::postgres::PgStore;
 use geonex_shared::store::sqlite::SqliteStore;
-use geonex_shared::store::fleet::FleetStore;
-use geonex_shared::store::users::UserStore;
-use geonex_shared::store::usage::{S3Output, UsageStore};
+use geonex_shared::store::usage::S3Output;
 use geonex_worker::cloud::Cloud;
 use geonex_worker::cloud::ec2::Ec2Cloud;
 use geonex_worker::cloud::sim::SimCloud;
@@ -67,13 +62,8 @@ impl Role {
 
 /// The adapters behind each port, built from settings.
 pub struct Ports {
-    pub store: Arc<dyn Store>,
-    pub users: Arc<dyn UserStore>,
-    pub fleet: Arc<dyn FleetStore>,
-    pub images: Arc<dyn ImageStore>,
-    pub email: Arc<dyn EmailStore>,
-    pub usage: Arc<dyn UsageStore>,
-    pub containers: Arc<dyn ContainerStore>,
+    /// The database, behind every store port (it upcasts to each).
+    pub db: Arc<dyn Database>,
     pub queue: Arc<dyn Queue>,
     /// Which database, for the startup summary (no credentials).
     pub store_label: String,
@@ -128,13 +118,7 @@ impl Ports {
             None => bail!("GEONEX_AMQP_URL is not set: separate API and worker processes need a broker"),
         };
         Ok(Self {
-            store: store.clone(),
-            users: store.clone(),
-            fleet: store.clone(),
-            images: store.clone(),
-            email: store.clone(),
-            usage: store.clone(),
-            containers: store,
+            db: store,
             queue,
             store_label,
         })
@@ -173,12 +157,11 @@ pub async fn build_cloud(settings: &Settings) -> anyhow::Result<Arc<dyn Cloud>> 
         tracing::warn!(state = %file.display(), "using the SIMULATED cloud: no real instances will be launched");
         Ok(Arc::new(SimCloud::open(Some(file), settings.sim.clone()).map_err(anyhow::Error::msg)?))
     };
-    match settings.cloud.as_deref() {
-        Some("aws") => Ok(Arc::new(Ec2Cloud::new(settings.ec2.clone()).await)),
-        Some("sim") => sim(),
+    match settings.cloud {
+        Some(CloudChoice::Aws) => Ok(Arc::new(Ec2Cloud::new(settings.ec2.clone()).await)),
+        Some(CloudChoice::Sim) => sim(),
         None if aws_configured(settings) => Ok(Arc::new(Ec2Cloud::new(settings.ec2.clone()).await)),
         None => sim(),
-        Some(other) => bail!("GEONEX_CLOUD={other} is not supported (use aws or sim)"),
     }
 }
 
@@ -186,7 +169,7 @@ pub async fn build_cloud(settings: &Settings) -> anyhow::Result<Arc<dyn Cloud>> 
 /// configured for AWS, else folders `<data dir>/s3/<bucket>/<key>`. Chosen as the
 /// cloud is: `GEONEX_CLOUD` first, then whether any AWS or S3 usage setting is present.
 pub fn build_object_store(settings: &Settings, aws: &aws_config::SdkConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
-    if usage_reads_s3(settings)? {
+    if usage_reads_s3(settings) {
         return Ok(Arc::new(S3ObjectStore::with_config(aws, &settings.s3usage)));
     }
     let root = settings.data_dir.join("s3");
@@ -197,13 +180,12 @@ pub fn build_object_store(settings: &Settings, aws: &aws_config::SdkConfig) -> a
 
 /// Whether usage scans list S3 (else folders in the data directory), chosen as
 /// the cloud is.
-fn usage_reads_s3(settings: &Settings) -> anyhow::Result<bool> {
+fn usage_reads_s3(settings: &Settings) -> bool {
     let s3_configured = settings.s3usage.endpoint_url.is_some() || settings.s3usage.region.is_some();
-    match settings.cloud.as_deref() {
-        Some("aws") => Ok(true),
-        Some("sim") => Ok(false),
-        None => Ok(s3_configured || aws_configured(settings)),
-        Some(other) => bail!("GEONEX_CLOUD={other} is not supported (use aws or sim)"),
+    match settings.cloud {
+        Some(CloudChoice::Aws) => true,
+        Some(CloudChoice::Sim) => false,
+        None => s3_configured || aws_configured(settings),
     }
 }
 
@@ -219,7 +201,7 @@ pub fn build_mailer(settings: &Settings) -> anyhow::Result<Arc<dyn Mailer>> {
 /// usage settings' region and endpoint applied.
 pub async fn aws_config_for_usage(settings: &Settings) -> aws_config::SdkConfig {
     let queues = settings.s3usage.sqs_queue_url.is_some() || settings.reconcile.ec2_events_queue_url.is_some();
-    if !queues && !usage_reads_s3(settings).unwrap_or(true) {
+    if !queues && !usage_reads_s3(settings) {
         // Nothing here talks to AWS: skip the credential and region chain (which
         // would probe the instance metadata service).
         return aws_config::SdkConfig::builder().behavior_version(aws_config::BehaviorVersion::latest()).build();
@@ -284,7 +266,7 @@ impl Application {
         let extra_outputs = extra_outputs(&settings)?;
         let shutdown = CancellationToken::new();
         let ports = Ports::connect_for(&settings, role).await?;
-        let dispatcher = Dispatcher::start(ports.store.clone(), ports.queue.clone(), shutdown.clone());
+        let dispatcher = Dispatcher::start(ports.db.clone(), ports.queue.clone(), shutdown.clone());
         let mailer = build_mailer(&settings)?;
         let objects = build_object_store(&settings, aws)?;
         for a in &settings.email.admin_recipients {
@@ -303,7 +285,7 @@ impl Application {
         let mut tasks: Vec<Task> = Vec::new();
         let worker = if role.worker() {
             let usage_handler = S3UsageHandler::new(
-                ports.usage.clone(),
+                ports.db.clone(),
                 Scanner::new(objects, settings.s3usage.list_concurrency, settings.s3usage.split_depth),
                 extra_outputs.clone(),
                 settings.s3usage.concurrency,
@@ -311,23 +293,23 @@ impl Application {
             );
             if let Some(interval) = settings.s3usage.scan_interval() {
                 let scheduler =
-                    ScanScheduler::new(ports.usage.clone(), dispatcher.clone(), interval, settings.worker.max_attempts);
+                    ScanScheduler::new(ports.db.clone(), dispatcher.clone(), interval, settings.worker.max_attempts);
                 tasks.push(Box::pin(scheduler.run(shutdown.clone())));
             }
             if let Some(url) = &settings.s3usage.sqs_queue_url {
                 let events = Arc::new(SqsEventQueue::with_config(aws, &settings.s3usage, url));
-                tasks.push(Box::pin(EventIntake::new(events, ports.usage.clone()).run(shutdown.clone())));
+                tasks.push(Box::pin(EventIntake::new(events, ports.db.clone()).run(shutdown.clone())));
             }
             if let Some(url) = settings.reconcile.ec2_events_queue()? {
                 let s = &settings.s3usage;
                 let events = Arc::new(SqsEventQueue::new(aws, s.endpoint_url.as_deref(), url, s.sqs_wait_secs));
-                tasks.push(Box::pin(InstanceEventIntake::new(events, ports.fleet.clone()).run(shutdown.clone())));
+                tasks.push(Box::pin(InstanceEventIntake::new(events, ports.db.clone()).run(shutdown.clone())));
             }
             let template = UserDataTemplate::load(settings.ec2.user_data_template.as_deref())?;
             let handler = RunnerHandler::new(
                 cloud.clone(),
-                ports.store.clone(),
-                ports.containers.clone(),
+                ports.db.clone(),
+                ports.db.clone(),
                 template,
                 AgentEndpoints {
                     api_url: settings.api.public_url.clone(),
@@ -337,25 +319,25 @@ impl Application {
                 Duration::from_millis(settings.worker.instance_poll_ms),
             );
             let email_handler = EmailHandler::new(
-                ports.email.clone(),
+                ports.db.clone(),
                 mailer,
                 EmailTemplates::load(settings.email.template_dir.as_deref())?,
                 &settings.email.from,
             )?;
             let worker = Worker::new(
-                ports.store.clone(),
+                ports.db.clone(),
                 dispatcher.clone(),
                 vec![Arc::new(handler), Arc::new(email_handler), Arc::new(usage_handler)],
                 settings.worker.clone(),
                 settings.queue.prefetch,
             );
             let relay = Relay::new(
-                ports.store.clone(),
+                ports.db.clone(),
                 dispatcher.clone(),
                 settings.relay.clone(),
                 settings.worker.holder_timeout(),
             );
-            let reconciler = Reconciler::new(cloud.clone(), ports.fleet.clone(), settings.reconcile.clone());
+            let reconciler = Reconciler::new(cloud.clone(), ports.db.clone(), settings.reconcile.clone());
             Some((worker, relay, reconciler))
         } else {
             None
@@ -366,12 +348,7 @@ impl Application {
                 TcpListener::bind(&settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
             let port = listener.local_addr()?.port();
             let state = AppState {
-                store: ports.store.clone(),
-                users: ports.users.clone(),
-                fleet: ports.fleet.clone(),
-                images: ports.images.clone(),
-                email: ports.email.clone(),
-                containers: ports.containers.clone(),
+                db: ports.db.clone(),
                 admin_recipients: settings.email.admin_recipients.clone(),
                 dispatcher: dispatcher.clone(),
                 instance_types: InstanceTypePolicy::new(settings.ec2.allowed_instance_types.clone()),
@@ -384,7 +361,6 @@ impl Application {
                 max_attempts: settings.worker.max_attempts,
                 holder_timeout: settings.worker.holder_timeout(),
                 cloud_label: cloud.describe_self(),
-                usage: ports.usage.clone(),
                 usage_settings: settings.s3usage.clone(),
                 usage_extra_outputs: extra_outputs.clone(),
             };

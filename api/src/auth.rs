@@ -20,7 +20,7 @@ use geonex_shared::auth::{PresentedToken, TokenKind};
 use geonex_shared::domain::Role;
 use uuid::Uuid;
 
-use crate::AppState;
+use crate::state::AppState;
 use crate::error::ApiError;
 
 /// Who may call a route.
@@ -50,7 +50,7 @@ pub async fn authenticate_agent(app: &AppState, headers: &HeaderMap) -> Result<A
     if presented.kind != TokenKind::Agent {
         return Err(ApiError::Forbidden("only a runner's agent token may post runner events".into()).into_response());
     }
-    let record = match app.containers.agent_token(presented.token_id).await {
+    let record = match app.db.agent_token(presented.token_id).await {
         Ok(Some(r)) => r,
         Ok(None) => return Err(unauthorized("invalid token")),
         Err(e) => return Err(ApiError::from(e).into_response()),
@@ -100,7 +100,7 @@ pub async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Caller,
     if presented.kind == TokenKind::Agent {
         return Err(ApiError::Forbidden("an agent token can only post its runner's events".into()).into_response());
     }
-    let record = match app.users.token(presented.token_id).await {
+    let record = match app.db.token(presented.token_id).await {
         Ok(Some(r)) => r,
         Ok(None) => return Err(unauthorized("invalid token")),
         Err(e) => return Err(ApiError::from(e).into_response()),

@@ -128,8 +128,8 @@ impl From<FieldError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(m) => ApiError::Unavailable(m),
-            StoreError::Other(m) => ApiError::Internal(m),
+            StoreError::Unavailable(e) => ApiError::Unavailable(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
         }
     }
 }
@@ -144,6 +144,11 @@ impl From<SubmitError> for ApiError {
                 field: Some("runner_id"),
             },
             SubmitError::Conflict { code, message, field } => ApiError::Conflict { code, message, field },
+            SubmitError::KeyReused => ApiError::Conflict {
+                code: "idempotency_key_reused",
+                message: "Idempotency-Key was already used for a different request".into(),
+                field: Some("Idempotency-Key"),
+            },
             SubmitError::Store(s) => s.into(),
         }
     }

@@ -4,10 +4,13 @@
 
 pub mod auth;
 pub mod error;
+pub mod http;
 pub mod params;
 pub mod routes;
+pub mod state;
 
-use std::sync::Arc;
+pub use state::AppState;
+
 use std::time::Duration;
 
 use axum::Router;
@@ -16,16 +19,6 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
-use geonex_shared::config::{ApiSettings, AuthSettings, S3UsageSettings};
-use geonex_shared::dispatch::Dispatcher;
-use geonex_shared::domain::{InstanceTypePolicy, Role};
-use geonex_shared::store::Store;
-use geonex_shared::store::fleet::FleetStore;
-use geonex_shared::store::containers::ContainerStore;
-use geonex_shared::store::email::EmailStore;
-use geonex_shared::store::images::ImageStore;
-use geonex_shared::store::users::UserStore;
-use geonex_shared::store::usage::UsageStore;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -33,37 +26,11 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
-use crate::auth::{Access, LoginThrottle};
+use geonex_shared::domain::Role;
+
+use crate::auth::Access;
 use crate::error::ApiError;
 use crate::routes::{containers, describe, email, images, ops, runners, usage, users};
-
-/// Everything a handler needs; cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub store: Arc<dyn Store>,
-    pub users: Arc<dyn UserStore>,
-    pub fleet: Arc<dyn FleetStore>,
-    pub images: Arc<dyn ImageStore>,
-    pub email: Arc<dyn EmailStore>,
-    pub containers: Arc<dyn ContainerStore>,
-    /// Who hears about new image requests; empty means every administrator.
-    pub admin_recipients: Vec<String>,
-    pub dispatcher: Dispatcher,
-    pub instance_types: InstanceTypePolicy,
-    pub settings: ApiSettings,
-    pub auth: AuthSettings,
-    pub throttle: Arc<LoginThrottle>,
-    pub max_attempts: i32,
-    /// A worker silent for this long is presumed dead (shown with a running
-    /// command's holder).
-    pub holder_timeout: Duration,
-    /// What the cloud adapter is, shown by `/readyz`.
-    pub cloud_label: String,
-    pub usage: Arc<dyn UsageStore>,
-    pub usage_settings: S3UsageSettings,
-    /// The configured extra outputs in canonical form.
-    pub usage_extra_outputs: Vec<String>,
-}
 
 #[derive(OpenApi)]
 #[openapi(

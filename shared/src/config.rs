@@ -41,7 +41,7 @@ pub struct Settings {
     /// when any AWS or EC2 endpoint setting is present, `sim` otherwise. S3 outputs
     /// follow it: S3 with `aws`, folders `data_dir/s3/<bucket>/<key>` with `sim`
     /// (unset: S3 when an S3 usage endpoint or region is set too).
-    pub cloud: Option<String>,
+    pub cloud: Option<CloudChoice>,
     /// Local data: the simulated cloud's state, S3 outputs as folders (`s3/`),
     /// e-mails as files (`mail/`).
     pub data_dir: PathBuf,
@@ -97,6 +97,16 @@ impl Default for DatabaseSettings {
     fn default() -> Self {
         Self { max_connections: 20, acquire_timeout_ms: 5_000 }
     }
+}
+
+/// Which cloud adapter runs runners (`GEONEX_CLOUD`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloudChoice {
+    /// EC2 through the AWS SDK.
+    Aws,
+    /// The simulated cloud.
+    Sim,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

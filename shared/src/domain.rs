@@ -12,6 +12,40 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::FieldError;
 
+/// An enum whose variants have one wire name each, written once: serde, the
+/// database and `as_str`/`parse` all use it.
+macro_rules! wire_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $wire:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $wire)] $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $wire),+
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $($wire => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 macro_rules! string_newtype {
     ($(#[$meta:meta])* $name:ident) => {
         $(#[$meta])*
@@ -308,33 +342,14 @@ impl fmt::Display for S3Uri {
     }
 }
 
-/// What a caller may do. Ordered: an admin may do everything an operator may, and
-/// an operator everything a user may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    User,
-    Operator,
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::User => "user",
-            Role::Operator => "operator",
-            Role::Admin => "admin",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [Role::User, Role::Operator, Role::Admin].into_iter().find(|r| r.as_str() == s)
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+wire_enum! {
+    /// What a caller may do. Ordered: an admin may do everything an operator may,
+    /// and an operator everything a user may.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+    pub enum Role {
+        User = "user",
+        Operator = "operator",
+        Admin = "admin",
     }
 }
 
@@ -395,43 +410,20 @@ impl EmailAddress {
     }
 }
 
-/// What a command asks for. The string forms are stored and shown in the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    StartRunner,
-    RestartRunner,
-    StopRunner,
-    DeleteRunner,
-    SendEmail,
-    S3UsageScan,
+wire_enum! {
+    /// What a command asks for. The string forms are stored and shown in the API.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+    pub enum Action {
+        StartRunner = "start_runner",
+        RestartRunner = "restart_runner",
+        StopRunner = "stop_runner",
+        DeleteRunner = "delete_runner",
+        SendEmail = "send_email",
+        S3UsageScan = "s3_usage_scan",
+    }
 }
 
 impl Action {
-    pub const ALL: [Action; 6] = [
-        Action::StartRunner,
-        Action::RestartRunner,
-        Action::StopRunner,
-        Action::DeleteRunner,
-        Action::SendEmail,
-        Action::S3UsageScan,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::StartRunner => "start_runner",
-            Action::RestartRunner => "restart_runner",
-            Action::StopRunner => "stop_runner",
-            Action::DeleteRunner => "delete_runner",
-            Action::SendEmail => "send_email",
-            Action::S3UsageScan => "s3_usage_scan",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Action> {
-        Action::ALL.into_iter().find(|a| a.as_str() == s)
-    }
-
     /// The work queue (routing key) that carries this action.
     pub fn queue(self) -> WorkQueue {
         match self {
@@ -451,12 +443,6 @@ impl Action {
             Action::DeleteRunner => Some(DesiredState::Deleted),
             _ => None,
         }
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -480,104 +466,49 @@ impl WorkQueue {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum CommandStatus {
-    Queued,
-    Running,
-    Retrying,
-    Succeeded,
-    Dead,
+wire_enum! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+    pub enum CommandStatus {
+        Queued = "queued",
+        Running = "running",
+        Retrying = "retrying",
+        Succeeded = "succeeded",
+        Dead = "dead",
+    }
 }
 
 impl CommandStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CommandStatus::Queued => "queued",
-            CommandStatus::Running => "running",
-            CommandStatus::Retrying => "retrying",
-            CommandStatus::Succeeded => "succeeded",
-            CommandStatus::Dead => "dead",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [Self::Queued, Self::Running, Self::Retrying, Self::Succeeded, Self::Dead]
-            .into_iter()
-            .find(|v| v.as_str() == s)
-    }
-
     pub fn is_terminal(self) -> bool {
         matches!(self, CommandStatus::Succeeded | CommandStatus::Dead)
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum DesiredState {
-    Running,
-    Stopped,
-    Deleted,
-}
-
-impl DesiredState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DesiredState::Running => "running",
-            DesiredState::Stopped => "stopped",
-            DesiredState::Deleted => "deleted",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [Self::Running, Self::Stopped, Self::Deleted].into_iter().find(|v| v.as_str() == s)
+wire_enum! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+    pub enum DesiredState {
+        Running = "running",
+        Stopped = "stopped",
+        Deleted = "deleted",
     }
 }
 
-/// What EC2 (or the simulated cloud) last said about a runner's instance, plus
-/// `requested` (accepted, nothing launched yet) and `failed` (the launch failed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum ObservedState {
-    Requested,
-    Pending,
-    Running,
-    Stopping,
-    Stopped,
-    ShuttingDown,
-    Terminated,
-    Failed,
+wire_enum! {
+    /// What EC2 (or the simulated cloud) last said about a runner's instance, plus
+    /// `requested` (accepted, nothing launched yet) and `failed` (the launch failed).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+    pub enum ObservedState {
+        Requested = "requested",
+        Pending = "pending",
+        Running = "running",
+        Stopping = "stopping",
+        Stopped = "stopped",
+        ShuttingDown = "shutting-down",
+        Terminated = "terminated",
+        Failed = "failed",
+    }
 }
 
 impl ObservedState {
-    pub const ALL: [ObservedState; 8] = [
-        Self::Requested,
-        Self::Pending,
-        Self::Running,
-        Self::Stopping,
-        Self::Stopped,
-        Self::ShuttingDown,
-        Self::Terminated,
-        Self::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Requested => "requested",
-            Self::Pending => "pending",
-            Self::Running => "running",
-            Self::Stopping => "stopping",
-            Self::Stopped => "stopped",
-            Self::ShuttingDown => "shutting-down",
-            Self::Terminated => "terminated",
-            Self::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-
     /// The instance is gone or going: a new one is needed to run again.
     pub fn is_gone(self) -> bool {
         matches!(self, Self::ShuttingDown | Self::Terminated)

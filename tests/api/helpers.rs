@@ -371,9 +371,14 @@ impl Process {
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = log.clone();
         // Keep draining the log so the process never blocks on a full pipe.
+        let echo = std::env::var_os("TEST_CHILD_LOG").is_some();
+        let pid = child.id().unwrap_or_default();
         tokio::spawn(async move {
             let mut tx = Some(tx);
             while let Ok(Some(line)) = lines.next_line().await {
+                if echo {
+                    eprintln!("[child {pid}] {line}");
+                }
                 sink.lock().unwrap().push(line.clone());
                 if line.contains("API listening")
                     && let Ok(v) = serde_json::from_str::<Value>(&line)

@@ -105,8 +105,12 @@ async fn orphans_are_reaped_only_after_the_grace_period_and_a_live_runners_insta
         ec2_state(&app, &orphan).await == "terminated" && ec2_state(&app, &twin).await == "terminated"
     })
     .await;
-    let listed = app.get("/describe-orphans").await.body["orphans"].clone();
-    assert!(listed.as_array().unwrap().iter().all(|o| o["reaped_at"].is_string()), "{listed}");
+    // The reaper records each reap right after its TerminateInstances.
+    eventually("reaps recorded", Duration::from_secs(10), || async {
+        let listed = app.get("/describe-orphans").await.body["orphans"].clone();
+        listed.as_array().unwrap().iter().all(|o| o["reaped_at"].is_string())
+    })
+    .await;
     assert_eq!(ec2_state(&app, &instance).await, "running", "the live runner's instance survives");
     assert_eq!(app.runner(&runner).await["observed_state"], "running");
 }

@@ -14,7 +14,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use geonex_shared::config::WorkerSettings;
 use geonex_shared::dispatch::Dispatcher;
-use geonex_shared::domain::{Action, ObservedState, WorkQueue};
+use geonex_shared::domain::WorkQueue;
 use geonex_shared::message::CommandMessage;
 use geonex_shared::queue::{Delivery, Queue};
 use geonex_shared::store::{Claim, CommandRecord, Lease, LeaseTerms, RunnerRecord, Store, StoreError};
@@ -257,8 +257,9 @@ impl Inner {
                 }
             })
         };
+        let handler = self.handlers.iter().find(|h| h.actions().contains(&command.action));
         let run = async {
-            match self.handlers.iter().find(|h| h.actions().contains(&command.action)) {
+            match handler {
                 Some(h) => h.handle(&command, runner.as_ref()).await,
                 None => Err(HandlerError::permanent(format!("no handler for {}", command.action))),
             }
@@ -309,10 +310,7 @@ impl Inner {
             Err(e) => {
                 let why = if e.class == ErrorClass::Permanent { "permanent error" } else { "attempts exhausted" };
                 tracing::error!(error = %e.message, attempts = command.attempts, "command dead: {why}");
-                let runner_state = match (&runner, command.action) {
-                    (Some(r), Action::StartRunner) if r.instance_id.is_none() => Some(ObservedState::Failed),
-                    _ => None,
-                };
+                let runner_state = handler.and_then(|h| h.observed_when_dead(&command, runner.as_ref()));
                 if persist(|| self.store.kill_command(&lease, &e.message, runner_state)).await.is_err() {
                     return Settle::Requeue;
                 }

@@ -3,7 +3,7 @@
 //! work and says how it went.
 
 use async_trait::async_trait;
-use geonex_shared::domain::Action;
+use geonex_shared::domain::{Action, ObservedState};
 use geonex_shared::store::{CommandRecord, RunnerObservation, RunnerRecord};
 
 use crate::retry::HandlerError;
@@ -24,4 +24,10 @@ pub trait Handler: Send + Sync + 'static {
     /// Carries out one command. `runner` is the command's runner, if it names one.
     /// Must be idempotent: it may run again after a crash at any point.
     async fn handle(&self, command: &CommandRecord, runner: Option<&RunnerRecord>) -> Result<Outcome, HandlerError>;
+
+    /// What the command's runner shows once the command is dead (it failed for
+    /// good or ran out of attempts); None leaves its observed state alone.
+    fn observed_when_dead(&self, _command: &CommandRecord, _runner: Option<&RunnerRecord>) -> Option<ObservedState> {
+        None
+    }
 }

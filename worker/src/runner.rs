@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use geonex_shared::domain::{Action, ObservedState};
 use geonex_shared::auth::{TokenKind, mint_token};
 use geonex_shared::store::containers::ContainerStore;
-use geonex_shared::store::{CommandRecord, RunnerObservation, RunnerRecord, Store};
+use geonex_shared::store::{CommandRecord, RunnerObservation, RunnerParams, RunnerRecord, Store};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
@@ -41,24 +41,24 @@ pub struct AgentEndpoints {
     pub queue_url: Option<String>,
 }
 
-/// The runner parameters a command applies, from its stored params with the
+/// The runner parameters a command applies: its stored params, with the
 /// runner row as fallback.
-struct Target<'a> {
-    runner_name: &'a str,
-    image_name: &'a str,
-    s3_output: &'a str,
-    instance_type: &'a str,
+struct Target {
+    runner_name: String,
+    image_name: String,
+    s3_output: String,
+    instance_type: String,
 }
 
-impl<'a> Target<'a> {
-    fn of(cmd: &'a CommandRecord, runner: &'a RunnerRecord) -> Self {
-        let p = |k: &str| cmd.params.get(k).and_then(|v| v.as_str());
-        Self {
-            runner_name: p("runner_name").unwrap_or(&runner.runner_name),
-            image_name: p("image_name").unwrap_or(&runner.image_name),
-            s3_output: p("s3_output").unwrap_or(&runner.s3_output),
-            instance_type: p("instance_type").unwrap_or(&runner.instance_type),
-        }
+impl Target {
+    fn of(cmd: &CommandRecord, runner: &RunnerRecord) -> Result<Self, HandlerError> {
+        let p = RunnerParams::of(cmd).map_err(|e| HandlerError::permanent(e.to_string()))?;
+        Ok(Self {
+            runner_name: p.runner_name.unwrap_or_else(|| runner.runner_name.clone()),
+            image_name: p.image_name.unwrap_or_else(|| runner.image_name.clone()),
+            s3_output: p.s3_output.unwrap_or_else(|| runner.s3_output.clone()),
+            instance_type: p.instance_type.unwrap_or_else(|| runner.instance_type.clone()),
+        })
     }
 }
 
@@ -85,7 +85,7 @@ impl RunnerHandler {
     /// mints its own; older tokens of the same command stay valid because EC2's
     /// client token may hand back an instance an earlier attempt launched.
     async fn user_data(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Result<String, HandlerError> {
-        let t = Target::of(cmd, runner);
+        let t = Target::of(cmd, runner)?;
         let token = mint_token(TokenKind::Agent);
         self.tokens
             .insert_agent_token(token.token_id, &runner.runner_id, cmd.command_id, &token.secret_hash)
@@ -94,9 +94,9 @@ impl RunnerHandler {
         self.template
             .render(&UserDataContext {
                 runner_id: &runner.runner_id,
-                runner_name: t.runner_name,
-                image_name: t.image_name,
-                s3_output: t.s3_output,
+                runner_name: &t.runner_name,
+                image_name: &t.image_name,
+                s3_output: &t.s3_output,
                 command_id: &cmd.command_id.to_string(),
                 api_url: self.agent.api_url.as_deref().unwrap_or(""),
                 queue_url: self.agent.queue_url.as_deref().unwrap_or(""),
@@ -139,12 +139,12 @@ impl RunnerHandler {
     }
 
     async fn launch(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Result<InstanceInfo, HandlerError> {
-        let t = Target::of(cmd, runner);
+        let t = Target::of(cmd, runner)?;
         let spec = LaunchSpec {
             runner_id: runner.runner_id.clone(),
-            runner_name: t.runner_name.to_owned(),
+            runner_name: t.runner_name,
             command_id: cmd.command_id.to_string(),
-            instance_type: t.instance_type.to_owned(),
+            instance_type: t.instance_type,
             user_data: self.user_data(cmd, runner).await?,
             client_token: format!("geonex-{}", cmd.command_id),
         };
@@ -284,6 +284,14 @@ impl Handler for RunnerHandler {
             Action::StopRunner => self.stop(runner).await,
             Action::DeleteRunner => self.delete(runner).await,
             other => Err(HandlerError::permanent(format!("{other} is not a runner action"))),
+        }
+    }
+
+    /// A start that never launched anything leaves a runner that failed.
+    fn observed_when_dead(&self, cmd: &CommandRecord, runner: Option<&RunnerRecord>) -> Option<ObservedState> {
+        match (runner, cmd.action) {
+            (Some(r), Action::StartRunner) if r.instance_id.is_none() => Some(ObservedState::Failed),
+            _ => None,
         }
     }
 }

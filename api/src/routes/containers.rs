@@ -17,11 +17,11 @@ use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::AppState;
+use crate::state::AppState;
 use crate::auth::AgentCaller;
 use crate::error::{ApiError, ErrorBody};
-use crate::params::{Params, encode_cursor};
-use crate::routes::describe::{etag, not_modified, with_etag};
+use crate::params::Params;
+use crate::http::{etag, not_modified, page, with_etag};
 
 /// Largest log tail an event may carry.
 pub const MAX_LOG_TAIL_BYTES: usize = 16 * 1024;
@@ -117,7 +117,7 @@ pub async fn runner_events(
     if event.runner_id != agent.runner_id {
         return Err(ApiError::Forbidden("this token belongs to another runner".into()));
     }
-    let applied = app.containers.record_event(&event).await?;
+    let applied = app.db.record_event(&event).await?;
     Ok((StatusCode::ACCEPTED, Json(EventAccepted { event_id: event.event_id, applied })).into_response())
 }
 
@@ -165,7 +165,7 @@ fn decode_container_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), FieldErro
         (status = 400, description = "Bad filter, limit or cursor", body = ErrorBody),
     ))]
 pub async fn describe_containers(State(app): State<AppState>, headers: HeaderMap, params: Params) -> Result<Response, ApiError> {
-    let revision = app.containers.containers_revision().await?;
+    let revision = app.db.containers_revision().await?;
     let tag = etag("containers", revision, &params);
     if let Some(r) = not_modified(&headers, &tag) {
         return Ok(r);
@@ -184,13 +184,7 @@ pub async fn describe_containers(State(app): State<AppState>, headers: HeaderMap
         before: params.cursor('k')?.map(|c| decode_container_cursor(&c)).transpose()?,
         limit: limit + 1,
     };
-    let mut containers = app.containers.list_containers(&q).await?;
-    let next_cursor = if containers.len() as i64 > limit {
-        containers.truncate(limit as usize);
-        containers.last().map(|c| encode_cursor('k', &format!("{}|{}", c.started_at.to_rfc3339(), c.container_id)))
-    } else {
-        None
-    };
+    let (containers, next_cursor) = page(app.db.list_containers(&q).await?, limit, 'k', |c| format!("{}|{}", c.started_at.to_rfc3339(), c.container_id));
     Ok(with_etag(Json(ContainerList { containers, next_cursor }).into_response(), &tag))
 }
 
@@ -230,7 +224,7 @@ pub async fn describe_runner_containers(
     headers: HeaderMap,
     params: Params,
 ) -> Result<Response, ApiError> {
-    let revision = app.containers.containers_revision().await?.max(app.store.runners_revision().await?);
+    let revision = app.db.containers_revision().await?.max(app.db.runners_revision().await?);
     let tag = etag("runner-containers", revision, &params);
     if let Some(r) = not_modified(&headers, &tag) {
         return Ok(r);
@@ -247,16 +241,10 @@ pub async fn describe_runner_containers(
         after_runner_id: params.cursor('r')?,
         limit: limit + 1,
     };
-    let mut runners = app.store.list_runners(&q).await?;
-    let next_cursor = if runners.len() as i64 > limit {
-        runners.truncate(limit as usize);
-        runners.last().map(|r| encode_cursor('r', &r.runner_id))
-    } else {
-        None
-    };
+    let (runners, next_cursor) = page(app.db.list_runners(&q).await?, limit, 'r', |r| r.runner_id.clone());
     let ids: Vec<String> = runners.iter().map(|r| r.runner_id.clone()).collect();
     let mut by_runner: BTreeMap<String, Vec<ContainerRecord>> = BTreeMap::new();
-    for c in app.containers.runner_containers(&ids, per_runner.unwrap_or(100)).await? {
+    for c in app.db.runner_containers(&ids, per_runner.unwrap_or(100)).await? {
         by_runner.entry(c.runner_id.clone()).or_default().push(c);
     }
     let runners = runners

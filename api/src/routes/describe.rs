@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use geonex_shared::domain::{Action, CommandStatus, DesiredState, ObservedState};
@@ -14,9 +14,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::AppState;
+use crate::state::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::params::{Params, encode_cursor};
+use crate::http::{etag, not_modified, page, with_etag};
+use crate::params::Params;
 
 /// A runner as `/describe-runners` shows it: the record plus what is computed
 /// at read time.
@@ -91,25 +92,6 @@ fn enum_param<T>(params: &Params, name: &'static str, parse: fn(&str) -> Option<
     params.parse_opt(name, |v| parse(v).ok_or_else(|| FieldError::invalid(name, format!("must be one of: {allowed}"))))
 }
 
-pub(crate) fn etag(kind: &str, revision: i64, params: &Params) -> String {
-    format!("W/\"{kind}-{revision}-{}\"", params.digest())
-}
-
-/// `Some(304)` when the client already has this version.
-pub(crate) fn not_modified(headers: &HeaderMap, tag: &str) -> Option<Response> {
-    let inm = headers.get(header::IF_NONE_MATCH)?.to_str().ok()?;
-    let hit = inm.split(',').map(str::trim).any(|t| t == tag || t == "*" || t.trim_start_matches("W/") == tag.trim_start_matches("W/"));
-    hit.then(|| with_etag(StatusCode::NOT_MODIFIED.into_response(), tag))
-}
-
-pub(crate) fn with_etag(mut r: Response, tag: &str) -> Response {
-    if let Ok(v) = HeaderValue::from_str(tag) {
-        r.headers_mut().insert(header::ETAG, v);
-    }
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    r
-}
-
 #[utoipa::path(get, path = "/describe-runners", tag = "runners", params(DescribeRunnersParams),
     responses(
         (status = 200, description = "Runners, ordered by runner_id", body = RunnerList),
@@ -117,7 +99,7 @@ pub(crate) fn with_etag(mut r: Response, tag: &str) -> Response {
         (status = 400, description = "Bad filter, limit or cursor", body = ErrorBody),
     ))]
 pub async fn describe_runners(State(app): State<AppState>, headers: HeaderMap, params: Params) -> Result<Response, ApiError> {
-    let revision = app.store.runners_revision().await?;
+    let revision = app.db.runners_revision().await?;
     // `unresponsive` changes with the clock alone: the tag also changes every
     // quarter of the threshold, so a cached page is at most that much behind.
     let after = chrono::Duration::seconds(i64::try_from(app.settings.unresponsive_after_secs.max(1)).unwrap_or(i64::MAX));
@@ -136,13 +118,7 @@ pub async fn describe_runners(State(app): State<AppState>, headers: HeaderMap, p
         after_runner_id: params.cursor('r')?,
         limit: limit + 1,
     };
-    let mut runners = app.store.list_runners(&q).await?;
-    let next_cursor = if runners.len() as i64 > limit {
-        runners.truncate(limit as usize);
-        runners.last().map(|r| encode_cursor('r', &r.runner_id))
-    } else {
-        None
-    };
+    let (runners, next_cursor) = page(app.db.list_runners(&q).await?, limit, 'r', |r| r.runner_id.clone());
     let runners = runners.into_iter().map(|r| RunnerView::of(r, now, after)).collect();
     Ok(with_etag(Json(RunnerList { runners, next_cursor }).into_response(), &tag))
 }
@@ -154,7 +130,7 @@ pub async fn describe_runners(State(app): State<AppState>, headers: HeaderMap, p
         (status = 400, description = "Bad filter, limit or cursor", body = ErrorBody),
     ))]
 pub async fn describe_commands(State(app): State<AppState>, headers: HeaderMap, params: Params) -> Result<Response, ApiError> {
-    let revision = app.store.commands_revision().await?;
+    let revision = app.db.commands_revision().await?;
     let tag = etag("commands", revision, &params);
     if let Some(r) = not_modified(&headers, &tag) {
         return Ok(r);
@@ -172,13 +148,7 @@ pub async fn describe_commands(State(app): State<AppState>, headers: HeaderMap, 
         before_seq,
         limit: limit + 1,
     };
-    let mut commands = app.store.list_commands(&q).await?;
-    let next_cursor = if commands.len() as i64 > limit {
-        commands.truncate(limit as usize);
-        commands.last().map(|c| encode_cursor('c', &c.seq.to_string()))
-    } else {
-        None
-    };
+    let (commands, next_cursor) = page(app.db.list_commands(&q).await?, limit, 'c', |c| c.seq.to_string());
     Ok(with_etag(Json(CommandList { commands, next_cursor }).into_response(), &tag))
 }
 
@@ -192,12 +162,12 @@ pub async fn describe_command(State(app): State<AppState>, params: Params) -> Re
     let id = params.parse("command_id", |v| {
         Uuid::parse_str(v).map_err(|_| FieldError::invalid("command_id", "must be a UUID"))
     })?;
-    let Some(command) = app.store.get_command(id).await? else {
+    let Some(command) = app.db.get_command(id).await? else {
         return Err(ApiError::not_found(&format!("command {id}"), "command_id"));
     };
     // Who runs it, so an operator can tell a long command from a stalled one.
     let holder = match (command.status, command.lease_holder) {
-        (CommandStatus::Running, Some(holder)) => Some(match app.store.get_worker(holder).await? {
+        (CommandStatus::Running, Some(holder)) => Some(match app.db.get_worker(holder).await? {
             Some(w) => HolderView::of(w, Utc::now(), app.holder_timeout),
             None => HolderView::gone(holder),
         }),
@@ -259,7 +229,7 @@ pub struct WorkerList {
     ))]
 pub async fn describe_workers(State(app): State<AppState>) -> Result<Json<WorkerList>, ApiError> {
     let now = Utc::now();
-    let workers = app.store.list_workers().await?.into_iter().map(|w| HolderView::of(w, now, app.holder_timeout)).collect();
+    let workers = app.db.list_workers().await?.into_iter().map(|w| HolderView::of(w, now, app.holder_timeout)).collect();
     Ok(Json(WorkerList { workers }))
 }
 
@@ -273,5 +243,5 @@ pub struct OrphanList {
         (status = 200, description = "Instances of this fleet that belong to no live runner, as the last sweep saw them", body = OrphanList),
     ))]
 pub async fn describe_orphans(State(app): State<AppState>) -> Result<Json<OrphanList>, ApiError> {
-    Ok(Json(OrphanList { orphans: app.fleet.list_orphans().await? }))
+    Ok(Json(OrphanList { orphans: app.db.list_orphans().await? }))
 }

@@ -12,11 +12,12 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::AppState;
+use crate::state::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::params::Params;
-use crate::routes::runners::{Accepted, idempotency_key, trace_id};
+use crate::http::{idempotency_key, trace_id};
+use crate::routes::runners::Accepted;
 
 #[derive(Deserialize, IntoParams, ToSchema)]
 #[into_params(parameter_in = Query)]
@@ -62,7 +63,7 @@ pub async fn send_email(
         origin: CommandOrigin { requested_by: caller.label.clone(), trace_id: trace_id(&headers), max_attempts: app.max_attempts },
         idempotency_key: idempotency_key(&headers)?,
     };
-    let submitted = app.email.submit_email(cmd).await?;
+    let submitted = app.db.submit_email(cmd).await?;
     let c = &submitted.command;
     if submitted.created {
         tracing::info!(command_id = %c.command_id, "e-mail command accepted");

@@ -16,12 +16,12 @@ use geonex_shared::store::images::{
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::AppState;
+use crate::state::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::params::{Params, encode_cursor};
-use crate::routes::describe::{etag, not_modified, with_etag};
-use crate::routes::runners::trace_id;
+use crate::params::Params;
+use crate::http::{etag, not_modified, page, with_etag};
+use crate::http::trace_id;
 
 #[derive(Deserialize, ToSchema)]
 #[allow(dead_code)]
@@ -125,7 +125,7 @@ pub async fn register_image(
     let description = text(&params, "description", 2000, true)?.ok_or_else(|| FieldError::missing("description"))?;
     let organization = text(&params, "organization", 200, false)?.ok_or_else(|| FieldError::missing("organization"))?;
     let change = app
-        .images
+        .db
         .register_image(NewImage {
             image_name,
             description,
@@ -145,7 +145,7 @@ async fn decide(app: AppState, caller: Caller, headers: HeaderMap, params: Param
     let image_name = params.parse("image_name", ImageRef::parse)?;
     let reason = text(&params, "reason", 1000, true)?;
     let change = app
-        .images
+        .db
         .decide_image(ImageDecision { image_name, decision, reason, origin: origin(&app, &caller, &headers) })
         .await?;
     tracing::info!(image_name = %change.image.image_name, status = change.image.status.as_str(), "image decided");
@@ -194,7 +194,7 @@ pub async fn reject_image(
         (status = 400, description = "Bad filter, limit or cursor", body = ErrorBody),
     ))]
 pub async fn describe_images(State(app): State<AppState>, headers: HeaderMap, params: Params) -> Result<Response, ApiError> {
-    let revision = app.images.images_revision().await?;
+    let revision = app.db.images_revision().await?;
     let tag = etag("images", revision, &params);
     if let Some(r) = not_modified(&headers, &tag) {
         return Ok(r);
@@ -205,12 +205,6 @@ pub async fn describe_images(State(app): State<AppState>, headers: HeaderMap, pa
     })?;
     let owner = text(&params, "owner", 200, false)?;
     let q = ImageQuery { status, owner, after_image_name: params.cursor('i')?, limit: limit + 1 };
-    let mut images = app.images.list_images(&q).await?;
-    let next_cursor = if images.len() as i64 > limit {
-        images.truncate(limit as usize);
-        images.last().map(|i| encode_cursor('i', &i.image_name))
-    } else {
-        None
-    };
+    let (images, next_cursor) = page(app.db.list_images(&q).await?, limit, 'i', |i| i.image_name.clone());
     Ok(with_etag(Json(ImageList { images, next_cursor }).into_response(), &tag))
 }

@@ -15,7 +15,7 @@ use serde_json::json;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
 
-use crate::AppState;
+use crate::state::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::params::Params;
 
@@ -33,7 +33,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
         (status = 503, description = "A dependency is unreachable"),
     ))]
 pub async fn readyz(State(app): State<AppState>) -> Response {
-    let db = tokio::time::timeout(PROBE_TIMEOUT, app.store.ping()).await;
+    let db = tokio::time::timeout(PROBE_TIMEOUT, app.db.ping()).await;
     let mq = tokio::time::timeout(PROBE_TIMEOUT, app.dispatcher.queue().ping()).await;
     let db_ok = matches!(db, Ok(Ok(())));
     let mq_ok = matches!(mq, Ok(Ok(())));
@@ -103,7 +103,7 @@ pub fn replay_selector(params: &Params) -> Result<ReplaySelector, FieldError> {
 pub async fn replay_command(State(app): State<AppState>, params: Params) -> Result<Json<ReplayResult>, ApiError> {
     let selector = replay_selector(&params)?;
     if let ReplaySelector::Command(id) = selector {
-        match app.store.get_command(id).await? {
+        match app.db.get_command(id).await? {
             None => return Err(ApiError::not_found(&format!("command {id}"), "command_id")),
             Some(c) if c.status != geonex_shared::domain::CommandStatus::Dead => {
                 return Err(ApiError::Conflict {
@@ -115,7 +115,7 @@ pub async fn replay_command(State(app): State<AppState>, params: Params) -> Resu
             Some(_) => {}
         }
     }
-    let out = app.store.replay(selector).await?;
+    let out = app.db.replay(selector).await?;
     for c in &out.replayed {
         tracing::info!(command_id = %c.command_id, action = %c.action, "command replayed");
         app.dispatcher.publish_in_background(c.message());

@@ -7,16 +7,16 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use geonex_shared::domain::{ImageRef, InstanceId, InstanceType, RunnerId, RunnerName, S3Uri};
-use geonex_shared::error::FieldError;
 use geonex_shared::store::images::ImageStatus;
 use geonex_shared::store::{NewRunnerCommand, RunnerRequest};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::AppState;
+use crate::state::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
+use crate::http::{idempotency_key, trace_id};
 use crate::params::Params;
 
 /// The answer to an accepted command.
@@ -67,27 +67,9 @@ pub struct StopOrDeleteRunnerParams {
     runner_name: Option<String>,
 }
 
-pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
-    let bad = || ApiError::Field(FieldError::invalid("Idempotency-Key", "must be 1-255 visible ASCII characters"));
-    let s = v.to_str().map_err(|_| bad())?;
-    if s.is_empty() || s.len() > 255 || !s.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(bad());
-    }
-    Ok(Some(s.to_owned()))
-}
-
-pub(crate) fn trace_id(headers: &HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_else(|| Uuid::new_v4().to_string())
-}
-
 /// Only approved images may run: refuses unknown, pending and rejected ones.
 async fn ensure_approved(app: &AppState, image: &ImageRef) -> Result<(), ApiError> {
-    let status = app.images.get_image(image.as_str()).await?.map(|i| i.status);
+    let status = app.db.get_image(image.as_str()).await?.map(|i| i.status);
     let why = match status {
         Some(ImageStatus::Approved) => return Ok(()),
         None => "is not registered; register it with /register-image and have an administrator approve it",
@@ -118,7 +100,7 @@ async fn submit(
         trace_id: trace_id(headers),
         max_attempts: app.max_attempts,
     };
-    let submitted = app.store.submit_runner_command(cmd).await?;
+    let submitted = app.db.submit_runner_command(cmd).await?;
     let c = &submitted.command;
     if submitted.created {
         tracing::info!(command_id = %c.command_id, action = %c.action, runner_id = c.runner_id.as_deref().unwrap_or(""), "command accepted");

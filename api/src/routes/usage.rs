@@ -19,11 +19,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::AppState;
+use crate::state::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::params::Params;
-use crate::routes::describe::{not_modified, with_etag};
-use crate::routes::runners::trace_id;
+use crate::http::{not_modified, with_etag};
+use crate::http::trace_id;
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -155,7 +155,7 @@ pub async fn get_s3_usage(
     let tag = if refresh {
         None
     } else {
-        let rev = app.usage.usage_revision(stale_after).await?;
+        let rev = app.db.usage_revision(stale_after).await?;
         let tag = format!(
             "W/\"usage-{}-{}-{}-{}-{}\"",
             rev.usage,
@@ -173,14 +173,14 @@ pub async fn get_s3_usage(
     let scan_command_id = if refresh {
         // With a filter, the scan covers the outputs shown; without, everything.
         let scope = if q.runner_id.is_some() || q.bucket.is_some() {
-            let shown = app.usage.list_usage(&q).await?;
+            let shown = app.db.list_usage(&q).await?;
             let outputs = shown.iter().filter_map(|o| S3Output::parse("s3_output", &o.s3_output).ok()).collect();
             ScanScope::outputs(outputs)
         } else {
             ScanScope::All
         };
         let submitted = app
-            .usage
+            .db
             .request_scan(ScanRequest {
                 command_id: Uuid::now_v7(),
                 scope,
@@ -199,7 +199,7 @@ pub async fn get_s3_usage(
         None
     };
 
-    let outputs = app.usage.list_usage(&q).await?;
+    let outputs = app.db.list_usage(&q).await?;
     let (total_bytes, total_objects) = totals(&outputs);
     let body = S3Usage {
         total_bytes,

@@ -16,11 +16,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::AppState;
+use crate::state::AppState;
 use crate::auth::{Caller, peer};
 use crate::error::{ApiError, ErrorBody};
-use crate::params::{Params, encode_cursor};
-use crate::routes::describe::{etag, not_modified, with_etag};
+use crate::params::Params;
+use crate::http::{etag, not_modified, page, with_etag};
 
 #[derive(Deserialize, ToSchema)]
 #[allow(dead_code)]
@@ -103,7 +103,7 @@ pub async fn register_user(
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(ApiError::Internal)?;
     let user = app
-        .users
+        .db
         .create_user(NewUser {
             user_id: Uuid::now_v7(),
             user_name: user_name.into_inner(),
@@ -132,20 +132,14 @@ pub async fn register_user(
         (status = 403, description = "Not an administrator", body = ErrorBody),
     ))]
 pub async fn describe_users(State(app): State<AppState>, headers: HeaderMap, params: Params) -> Result<Response, ApiError> {
-    let revision = app.users.users_revision().await?;
+    let revision = app.db.users_revision().await?;
     let tag = etag("users", revision, &params);
     if let Some(r) = not_modified(&headers, &tag) {
         return Ok(r);
     }
     let limit = params.limit(app.settings.default_page_size, app.settings.max_page_size)?;
     let after = params.cursor('u')?;
-    let mut users = app.users.list_users(after.as_deref(), limit + 1).await?;
-    let next_cursor = if users.len() as i64 > limit {
-        users.truncate(limit as usize);
-        users.last().map(|u| encode_cursor('u', &u.user_name))
-    } else {
-        None
-    };
+    let (users, next_cursor) = page(app.db.list_users(after.as_deref(), limit + 1).await?, limit, 'u', |u| u.user_name.clone());
     Ok(with_etag(Json(UserList { users, next_cursor }).into_response(), &tag))
 }
 
@@ -166,7 +160,7 @@ pub async fn login(State(app): State<AppState>, req: axum::extract::Request) -> 
     if let Err(wait) = app.throttle.check(&user_name, peer) {
         return Err(ApiError::TooManyRequests(wait.as_secs().max(1)));
     }
-    let found = app.users.user_for_login(&user_name).await?;
+    let found = app.db.user_for_login(&user_name).await?;
     let phc = found.as_ref().and_then(|(_, h)| h.clone()).unwrap_or_else(|| dummy_hash().to_owned());
     // Verify even for unknown users, so timing does not tell which names exist.
     let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
@@ -184,7 +178,7 @@ pub async fn login(State(app): State<AppState>, req: axum::extract::Request) -> 
     let token = mint_token(TokenKind::Api);
     let expires_at = Utc::now() + Duration::from_secs(app.auth.login_ttl_secs);
     let owner = TokenOwner::User { user_id: user.user_id, user_name: user.user_name.clone() };
-    app.users.insert_token(token.token_id, &token.secret_hash, &owner, user.role, Some(expires_at)).await?;
+    app.db.insert_token(token.token_id, &token.secret_hash, &owner, user.role, Some(expires_at)).await?;
     tracing::info!(user_name = %user.user_name, "login");
     Ok(Json(Session {
         token: token.text.expose_secret().to_owned(),
@@ -200,6 +194,6 @@ pub async fn login(State(app): State<AppState>, req: axum::extract::Request) -> 
         (status = 401, description = "No valid token", body = ErrorBody),
     ))]
 pub async fn logout(State(app): State<AppState>, Extension(caller): Extension<Caller>) -> Result<Json<serde_json::Value>, ApiError> {
-    app.users.revoke_token(caller.token_id).await?;
+    app.db.revoke_token(caller.token_id).await?;
     Ok(Json(serde_json::json!({ "status": "logged out" })))
 }

@@ -1,21 +1,21 @@
-//! The store port: everything the API and the workers read and write about
-//! commands and runners. Postgres is the production adapter (`postgres/`), SQLite
-//! the embedded one (`sqlite/`).
+//! The store ports: everything the API and the workers read and write. This
+//! file is the core port (commands and runners); each other area has its own
+//! (`users`, `fleet`, `images`, `email`, `usage`, `containers`).
 //!
-//! Every state change a caller needs to be atomic is one method here, so an
-//! adapter can put it in one transaction. S3 output usage has its own port in
-//! `usage.rs`.
+//! Every state change a caller needs to be atomic is one method, so it runs in
+//! one transaction. The ports are implemented once, in `sql/`, over a driver:
+//! PostgreSQL (`postgres/`) in production, SQLite (`sqlite/`) embedded.
 
 pub mod containers;
-pub mod fleet;
 pub mod email;
+pub mod fleet;
 pub mod images;
 mod plan;
 pub mod postgres;
+pub mod sql;
 pub mod sqlite;
-pub mod users;
-mod postgres_usage;
 pub mod usage;
+pub mod users;
 
 use std::time::Duration;
 
@@ -111,22 +111,56 @@ impl RunnerRequest {
     }
 
     /// The parameters stored with the command (what the worker will apply).
-    pub fn params(&self, runner_id: &RunnerId) -> serde_json::Value {
-        let mut v = match self {
-            RunnerRequest::Start { instance_type, image_name, s3_output, runner_name } => serde_json::json!({
-                "instance_type": instance_type, "image_name": image_name,
-                "s3_output": s3_output, "runner_name": runner_name,
-            }),
-            RunnerRequest::Restart { instance_id, image_name, s3_output, runner_name } => serde_json::json!({
-                "instance_id": instance_id, "image_name": image_name,
-                "s3_output": s3_output, "runner_name": runner_name,
-            }),
-            RunnerRequest::Stop { instance_id, runner_name } | RunnerRequest::Delete { instance_id, runner_name } => {
-                serde_json::json!({ "instance_id": instance_id, "runner_name": runner_name })
+    pub fn params(&self, runner_id: &RunnerId) -> RunnerParams {
+        let mut p = RunnerParams { runner_id: runner_id.to_string(), ..RunnerParams::default() };
+        match self {
+            RunnerRequest::Start { instance_type, image_name, s3_output, runner_name } => {
+                p.instance_type = Some(instance_type.to_string());
+                p.image_name = Some(image_name.to_string());
+                p.s3_output = Some(s3_output.to_string());
+                p.runner_name = Some(runner_name.to_string());
             }
-        };
-        v["runner_id"] = serde_json::json!(runner_id);
-        v
+            RunnerRequest::Restart { instance_id, image_name, s3_output, runner_name } => {
+                p.instance_id = Some(instance_id.to_string());
+                p.image_name = Some(image_name.to_string());
+                p.s3_output = Some(s3_output.to_string());
+                p.runner_name = Some(runner_name.to_string());
+            }
+            RunnerRequest::Stop { instance_id, runner_name } | RunnerRequest::Delete { instance_id, runner_name } => {
+                p.instance_id = Some(instance_id.to_string());
+                p.runner_name = runner_name.as_ref().map(|n| n.to_string());
+            }
+        }
+        p
+    }
+}
+
+/// What a runner command applies, as stored with it. Absent fields keep the
+/// runner's current values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RunnerParams {
+    pub runner_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_output: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_name: Option<String>,
+    /// The instance the request named (restart, stop, delete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+}
+
+impl RunnerParams {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+
+    /// A runner command's parameters.
+    pub fn of(command: &CommandRecord) -> Result<Self, StoreError> {
+        serde_json::from_value(command.params.clone()).map_err(|e| StoreError::corrupt("runner command params", e))
     }
 }
 
@@ -157,47 +191,78 @@ pub enum SubmitError {
     RunnerNotFound(String),
     #[error("{message}")]
     Conflict { code: &'static str, message: String, field: Option<&'static str> },
+    /// The idempotency key was already used for a different request.
+    #[error("the idempotency key was already used for a different request")]
+    KeyReused,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
+/// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database could not be reached, is overloaded, or was busy past the
+    /// timeout: worth retrying later.
     #[error("database unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] sqlx::Error),
     #[error("database error: {0}")]
-    Other(String),
+    Database(#[source] sqlx::Error),
+    /// A statement that always returns a row returned none.
+    #[error("expected a row, found none")]
+    NoRow,
+    /// A value this version cannot read.
+    #[error("unexpected {what} {value:?} in database")]
+    Corrupt { what: String, value: String },
+    /// Opening or migrating the database failed.
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl StoreError {
+    pub fn corrupt(what: impl Into<String>, value: impl std::fmt::Display) -> Self {
+        StoreError::Corrupt { what: what.into(), value: value.to_string() }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                StoreError::Unavailable(e.to_string())
-            }
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => StoreError::Unavailable(e),
             // SQLite's SQLITE_BUSY / SQLITE_LOCKED: another writer held the lock
             // past the busy timeout.
             sqlx::Error::Database(ref db) if matches!(db.code().as_deref(), Some("5" | "6" | "517")) => {
-                StoreError::Unavailable(e.to_string())
+                StoreError::Unavailable(e)
             }
-            other => StoreError::Other(other.to_string()),
+            // Postgres shutting down or refusing connections (admin shutdown,
+            // crash shutdown, cannot connect now, too many connections).
+            sqlx::Error::Database(ref db)
+                if matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P03" | "53300")) =>
+            {
+                StoreError::Unavailable(e)
+            }
+            other => StoreError::Database(other),
         }
     }
 }
 
 /// The earlier command under a reused idempotency key, if it asked for the same
-/// thing; otherwise the key's reuse is a conflict.
+/// thing; otherwise the key's reuse is a conflict. A field stored as null and a
+/// field left out mean the same.
 pub(crate) fn same_request(
     existing: CommandRecord,
     action: Action,
     params: &serde_json::Value,
 ) -> Result<Submitted, SubmitError> {
-    if existing.action != action || &existing.params != params {
-        return Err(SubmitError::Conflict {
-            code: "idempotency_key_reused",
-            message: "Idempotency-Key was already used for a different request".into(),
-            field: Some("Idempotency-Key"),
-        });
+    fn without_nulls(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                serde_json::Value::Object(m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect())
+            }
+            other => other.clone(),
+        }
+    }
+    if existing.action != action || without_nulls(&existing.params) != without_nulls(params) {
+        return Err(SubmitError::KeyReused);
     }
     Ok(Submitted { command: existing, created: false })
 }

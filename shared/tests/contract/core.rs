@@ -104,6 +104,7 @@ async fn status<S: Store>(store: &S, id: Uuid) -> CommandStatus {
 fn conflict_code(r: Result<Submitted, SubmitError>) -> &'static str {
     match r {
         Err(SubmitError::Conflict { code, .. }) => code,
+        Err(SubmitError::KeyReused) => "idempotency_key_reused",
         other => panic!("expected a conflict, got {other:?}"),
     }
 }

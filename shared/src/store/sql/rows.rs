@@ -1,0 +1,79 @@
+//! Records from rows, for the tables several ports read: commands and runners.
+//! Each port module decodes its own tables the same way, once, through [`Row`].
+
+use crate::domain::{Action, CommandStatus, DesiredState, ObservedState};
+use crate::store::sql::Row;
+use crate::store::{CommandRecord, RunnerRecord, StoreError};
+
+/// The command columns every statement returning commands selects.
+macro_rules! command_columns {
+    () => {
+        "command_id, seq, action, runner_id, params, status, attempts, max_attempts, last_error, result, \
+         requested_by, trace_id, created_at, updated_at, started_at, finished_at, next_attempt_at, \
+         lease_holder, claimed_at, lease_until"
+    };
+}
+
+macro_rules! runner_columns {
+    () => {
+        "runner_id, runner_name, instance_type, image_name, s3_output, instance_id, desired_state, \
+         observed_state, last_error, last_heartbeat_at, created_at, updated_at"
+    };
+}
+
+pub(crate) use {command_columns, runner_columns};
+
+/// A stored enum value, or why it cannot be read.
+pub fn parsed<T>(what: &str, raw: String, parse: impl FnOnce(&str) -> Option<T>) -> Result<T, StoreError> {
+    parse(&raw).ok_or_else(|| StoreError::corrupt(what, raw))
+}
+
+pub fn command(r: &impl Row) -> Result<CommandRecord, StoreError> {
+    Ok(CommandRecord {
+        command_id: r.uuid("command_id")?,
+        seq: r.int("seq")?,
+        action: parsed("action", r.text("action")?, Action::parse)?,
+        runner_id: r.opt_text("runner_id")?,
+        status: parsed("status", r.text("status")?, CommandStatus::parse)?,
+        attempts: r.i32("attempts")?,
+        max_attempts: r.i32("max_attempts")?,
+        last_error: r.opt_text("last_error")?,
+        requested_by: r.text("requested_by")?,
+        trace_id: r.text("trace_id")?,
+        params: r.json("params")?,
+        result: r.opt_json("result")?,
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
+        started_at: r.opt_time("started_at")?,
+        finished_at: r.opt_time("finished_at")?,
+        next_attempt_at: r.opt_time("next_attempt_at")?,
+        lease_holder: r.opt_uuid("lease_holder")?,
+        claimed_at: r.opt_time("claimed_at")?,
+        lease_until: r.opt_time("lease_until")?,
+    })
+}
+
+pub fn runner(r: &impl Row) -> Result<RunnerRecord, StoreError> {
+    Ok(RunnerRecord {
+        runner_id: r.text("runner_id")?,
+        runner_name: r.text("runner_name")?,
+        instance_type: r.text("instance_type")?,
+        image_name: r.text("image_name")?,
+        s3_output: r.text("s3_output")?,
+        instance_id: r.opt_text("instance_id")?,
+        desired_state: parsed("desired_state", r.text("desired_state")?, DesiredState::parse)?,
+        observed_state: parsed("observed_state", r.text("observed_state")?, ObservedState::parse)?,
+        last_error: r.opt_text("last_error")?,
+        last_heartbeat_at: r.opt_time("last_heartbeat_at")?,
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
+    })
+}
+
+pub fn commands(rows: &[impl Row]) -> Result<Vec<CommandRecord>, StoreError> {
+    rows.iter().map(command).collect()
+}
+
+pub fn runners(rows: &[impl Row]) -> Result<Vec<RunnerRecord>, StoreError> {
+    rows.iter().map(runner).collect()
+}
