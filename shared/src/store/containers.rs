@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 
 /// The stored half of an agent token.
 #[derive(Debug, Clone)]

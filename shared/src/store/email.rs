@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::store::{StoreError, Submitted};
+use crate::store::error::StoreError;
+use crate::store::commands::Submitted;
 
 /// Which message an e-mail command sends; each names a template set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

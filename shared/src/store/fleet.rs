@@ -6,7 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::domain::ObservedState;
-use crate::store::{RunnerRecord, StoreError};
+use crate::store::commands::RunnerRecord;
+use crate::store::error::StoreError;
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OrphanRecord {

@@ -9,7 +9,8 @@ use uuid::Uuid;
 
 use crate::domain::ImageRef;
 use crate::store::email::CommandOrigin;
-use crate::store::{CommandRecord, StoreError};
+use crate::store::commands::CommandRecord;
+use crate::store::error::StoreError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]

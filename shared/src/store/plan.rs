@@ -2,7 +2,7 @@
 //! Pure logic, called by store adapters inside their transaction.
 
 use crate::domain::DesiredState;
-use crate::store::{RunnerRecord, RunnerRequest, SubmitError};
+use crate::store::commands::{RunnerRecord, RunnerRequest, SubmitError};
 
 /// The runner row a command writes when it is accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use crate::domain::S3Uri;
 use crate::error::FieldError;
-use crate::store::{StoreError, Submitted};
+use crate::store::error::StoreError;
+use crate::store::commands::Submitted;
 
 /// A validated output in canonical form.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

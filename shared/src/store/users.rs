@@ -6,7 +6,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::domain::Role;
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UserRecord {

@@ -12,7 +12,7 @@ use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row as _, Transaction};
 use uuid::Uuid;
 
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 use crate::store::sql::{Arg, Conn, Dialect, Driver, Row, Sql};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 pub use driver::{MIGRATOR, PgConn, PgDriver};
 
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 use crate::store::sql::SqlStore;
 
 /// Every store port on PostgreSQL.

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 use crate::store::containers::{AgentTokenRecord, ContainerQuery, ContainerRecord, ContainerStore, EventKind, RunnerEvent};
 use crate::store::sql::{Arg, Conn, Driver, Row, Sql, SqlStore};
 

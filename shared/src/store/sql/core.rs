@@ -11,11 +11,9 @@ use uuid::Uuid;
 use crate::domain::{CommandStatus, ObservedState};
 use crate::store::sql::rows::{self, command_columns, runner_columns};
 use crate::store::sql::{Conn, Driver, Row, Sql, SqlStore};
-use crate::store::{
-    Claim, CommandQuery, CommandRecord, Lease, LeaseTerms, NewRunnerCommand, ReplaySelector, Replayed, RunnerChange,
-    RunnerObservation, RunnerQuery, RunnerRecord, Store, StoreError, SubmitError, Submitted, WorkerProcess,
-    plan_runner_command, same_request,
-};
+use crate::store::commands::{Claim, CommandQuery, CommandRecord, Lease, LeaseTerms, NewRunnerCommand, ReplaySelector, Replayed, RunnerObservation, RunnerQuery, RunnerRecord, Store, SubmitError, Submitted, WorkerProcess, same_request};
+use crate::store::plan::{RunnerChange, plan_runner_command};
+use crate::store::error::StoreError;
 
 static COMMAND_BY_ID: Sql = Sql::new(concat!("select ", command_columns!(), " from command where command_id = $1"));
 static COMMAND_BY_KEY: Sql = Sql::new(concat!(

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 
 /// The SQL dialects there are drivers for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

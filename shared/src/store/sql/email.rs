@@ -7,7 +7,8 @@ use crate::domain::Action;
 use crate::store::email::{CommandOrigin, DeliveryRecord, DeliveryStatus, EmailParams, EmailStore, NewEmailCommand};
 use crate::store::sql::rows::{self, command_columns};
 use crate::store::sql::{Conn, Driver, Row, Sql, SqlStore};
-use crate::store::{CommandRecord, StoreError, SubmitError, Submitted, same_request};
+use crate::store::commands::{CommandRecord, SubmitError, Submitted, same_request};
+use crate::store::error::StoreError;
 
 static INSERT_EMAIL_COMMAND: Sql = Sql::new(concat!(
     "insert into command (command_id, action, runner_id, params, status, max_attempts, requested_by, \

@@ -7,7 +7,8 @@ use crate::domain::ObservedState;
 use crate::store::fleet::{EventOutcome, FleetStore, InstanceEvent, OrphanRecord, Verdict, ends_containers, judge_event};
 use crate::store::sql::rows::{self, parsed, runner_columns};
 use crate::store::sql::{Conn, Driver, Row, Sql, SqlStore};
-use crate::store::{RunnerRecord, StoreError};
+use crate::store::commands::RunnerRecord;
+use crate::store::error::StoreError;
 
 static TO_RECONCILE: Sql = Sql::new(concat!(
     "select ",

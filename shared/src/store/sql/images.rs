@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::domain::ImageRef;
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 use crate::store::email::{EmailKind, EmailParams};
 use crate::store::images::{
     Decision, ImageChange, ImageDecision, ImageError, ImageQuery, ImageRecord, ImageStatus, ImageStore, NewImage,

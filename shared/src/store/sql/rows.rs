@@ -3,7 +3,8 @@
 
 use crate::domain::{Action, CommandStatus, DesiredState, ObservedState};
 use crate::store::sql::Row;
-use crate::store::{CommandRecord, RunnerRecord, StoreError};
+use crate::store::commands::{CommandRecord, RunnerRecord};
+use crate::store::error::StoreError;
 
 /// The command columns every statement returning commands selects.
 macro_rules! command_columns {

@@ -19,7 +19,8 @@ use crate::store::usage::{
     EventsApplied, ObjectChange, ObjectEvent, OutputScan, OutputUsage, S3Output, ScanRequest, ScanScope, UsageQuery,
     UsageRevision, UsageStore,
 };
-use crate::store::{StoreError, Submitted};
+use crate::store::error::StoreError;
+use crate::store::commands::Submitted;
 
 /// Serializes scan requests (manual and scheduled).
 const REQUEST_LOCK: &str = "geonex.s3usage.request";

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::domain::Role;
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 use crate::store::sql::rows::parsed;
 use crate::store::sql::{Conn, Driver, Row, Sql, SqlStore};
 use crate::store::users::{CreateUserError, NewUser, TokenOwner, TokenRecord, UserRecord, UserStore};

@@ -24,7 +24,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row as _, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use uuid::Uuid;
 
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 use crate::store::sql::{Arg, Conn, Dialect, Driver, Row, Sql};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 pub use driver::{MIGRATOR, SqliteConn, SqliteDriver};
 
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 use crate::store::sql::{Driver, SqlStore};
 
 /// Every store port on SQLite.
