@@ -1,6 +1,5 @@
-//! Errors shared across the API and the workers: input validation failures that
-//! name their field, and the conflicts the store reports when a command does not
-//! fit a runner's current state.
+//! The validation error shared across the API, the domain types and the store:
+//! a rejected input value that names the field to fix.
 
 use std::borrow::Cow;
 use std::fmt;

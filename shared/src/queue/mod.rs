@@ -1,6 +1,7 @@
 //! The queue port: publishing command messages (now, after a delay, or to the dead
 //! queue) and consuming them with explicit acknowledgement. RabbitMQ is the
-//! production adapter (`rabbitmq.rs`).
+//! production adapter (`rabbitmq.rs`), an in-process queue the embedded one
+//! (`local.rs`).
 
 pub mod local;
 pub mod rabbitmq;

@@ -1,5 +1,6 @@
 //! The cloud port: the few EC2 operations a runner needs. `ec2.rs` is the AWS SDK
-//! adapter (its endpoint can point at an emulator).
+//! adapter (its endpoint can point at an emulator), `sim.rs` the simulated cloud
+//! of embedded mode.
 //!
 //! Instances carry the tags `geonex:runner-id`, `geonex:runner-name`,
 //! `geonex:command-id` and `Name`, so the worker can find what an earlier attempt
