@@ -6,9 +6,12 @@
 //! This module is the agent's core, the same wherever the agent runs. Two ports
 //! feed it, each with its adapters beside it:
 //! - [`NotificationSource`], where new-data notifications come from:
-//!   [`sqs::SqsSource`] long-polls the runner's SQS queue.
+//!   [`sqs::SqsSource`] long-polls the runner's SQS queue (`geonex agent` on a
+//!   real instance); [`sim::SimFeed`] announces a simulated GOES file at a fixed
+//!   interval (the agents of simulated instances).
 //! - [`Executor`], what runs one container: [`process::ProcessExecutor`] runs
-//!   the command template (`docker run …`).
+//!   the command template (`docker run …`); [`sim::SimExecutor`] takes a while
+//!   and writes plausible outputs into the folder store.
 //!
 //! Events go through an on-disk spool ([`spool`]) so none is lost while the API
 //! is unreachable; they are delivered in order when it returns. A notification
@@ -20,6 +23,7 @@
 
 pub mod notification;
 pub mod process;
+pub mod sim;
 pub mod spool;
 pub mod sqs;
 
