@@ -506,7 +506,8 @@ impl Default for AgentSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct LogSettings {
-    /// `json` or `pretty`.
+    /// `json`, `text` (`pretty` is another name for it) or `auto`: text when
+    /// standard error is a terminal, JSON lines otherwise.
     pub format: String,
     /// An `EnvFilter` directive; `RUST_LOG` wins when set.
     pub filter: String,
@@ -514,7 +515,7 @@ pub struct LogSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self { format: "json".into(), filter: "info".into() }
+        Self { format: "auto".into(), filter: "info".into() }
     }
 }
 
@@ -701,16 +702,19 @@ mod tests {
         let (s, _) = Settings::load_from(env(&[])).unwrap();
         assert!(s.sim.agents);
         assert_eq!((s.sim.data_interval_secs, s.sim.container_ms), (20, 3_000));
+        assert_eq!(s.log.format, "auto");
         let (s, unknown) = Settings::load_from(env(&[
             ("GEONEX_SIM__AGENTS", "false"),
             ("GEONEX_SIM__DATA_INTERVAL_SECS", "1"),
             ("GEONEX_SIM__CONTAINER_MS", "200"),
             ("GEONEX_SIM__CONTAINER_FAILURE_RATE", "0.5"),
+            ("GEONEX_LOG__FORMAT", "text"),
         ]))
         .unwrap();
         assert!(unknown.is_empty(), "{unknown:?}");
         assert!(!s.sim.agents);
         assert_eq!((s.sim.data_interval_secs, s.sim.container_ms, s.sim.container_failure_rate), (1, 200, 0.5));
+        assert_eq!(s.log.format, "text");
     }
 
     #[test]
