@@ -350,10 +350,18 @@ async fn a_simulated_runner_runs_containers_on_new_data_writes_outputs_and_stops
     let (status, r) = call(&http, &token, format!("{a}/stop-runner?instance_id={instance}&runner_id={runner}")).await;
     assert_eq!(status, 202, "{r}");
     assert_eq!(wait_done(&http, &token, &a, r["command_id"].as_str().unwrap()).await["status"], "succeeded");
-    let settled = wait_containers(&http, &token, &a, &runner, "no container left running", |cs| {
-        cs.iter().all(|c| c["status"] != "running")
+    let stopped_at = chrono::Utc::now();
+    // Everything the agent spooled before it stopped reaches the API (a start
+    // event may wait in the spool behind a retry): then nothing more comes.
+    let spool = dir.join("sim-agents").join(&instance).join("events.jsonl");
+    let settled = wait_containers(&http, &token, &a, &runner, "no container left running, the spool delivered", |cs| {
+        cs.iter().all(|c| c["status"] != "running") && std::fs::metadata(&spool).is_ok_and(|m| m.len() == 0)
     })
     .await;
+    for c in &settled {
+        let started = chrono::DateTime::parse_from_rfc3339(c["started_at"].as_str().unwrap_or_default()).unwrap();
+        assert!(started < stopped_at, "a container started after the stop: {c}");
+    }
     // A container the stop cut short has had the time to write what it writes.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let files = files_under(&output_dir).len();
