@@ -1,6 +1,7 @@
 //! Builds the running system from settings: adapters for each port, then the API
 //! server, the workers and the relay, depending on the role. `Application::build`
-//! binds the listener (port 0 works), so tests run the real thing.
+//! binds the listener (port 0 works), so tests run the real thing. With the
+//! simulated cloud, the workers also run the agents of its running instances.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use geonex_shared::store::usage::S3Output;
 use geonex_worker::cloud::Cloud;
 use geonex_worker::cloud::ec2::Ec2Cloud;
 use geonex_worker::cloud::sim::SimCloud;
+use geonex_worker::cloud::sim_agents::SimAgents;
 use geonex_worker::consumer::Worker;
 use geonex_worker::ec2events::InstanceEventIntake;
 use geonex_worker::reconcile::Reconciler;
@@ -230,6 +232,23 @@ pub fn extra_outputs(settings: &Settings) -> anyhow::Result<Vec<String>> {
         .collect()
 }
 
+/// The API's URL as the agents reach it, rendered into the user data: the
+/// configured public URL, else, for a simulated cloud's agents (which run in
+/// this process), this process's own listener.
+fn agent_api_url(settings: &Settings, simulated: bool, local: Option<std::net::SocketAddr>) -> Option<String> {
+    if let Some(url) = settings.api.public_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
+        return Some(url.to_owned());
+    }
+    let mut addr = local.filter(|_| simulated)?;
+    // Bound to every interface: loopback reaches it.
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into()),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => addr.set_ip(std::net::Ipv6Addr::LOCALHOST.into()),
+        _ => {}
+    }
+    Some(format!("http://{addr}"))
+}
+
 /// Background loops of the worker role besides the consumers and the relay.
 type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
@@ -273,7 +292,7 @@ impl Application {
             geonex_shared::domain::EmailAddress::parse_field("email.admin_recipients", a)
                 .with_context(|| format!("GEONEX_EMAIL__ADMIN_RECIPIENTS: {a:?}"))?;
         }
-        let summary = format!(
+        let mut summary = format!(
             "store: {}; queue: {}; cloud: {}; storage: {}; mail: {}",
             ports.store_label,
             ports.queue.describe(),
@@ -282,8 +301,37 @@ impl Application {
             mailer.describe()
         );
 
+        // The listener comes first: a simulated cloud's agents report to it.
+        let listener = if role.api() {
+            let listener =
+                TcpListener::bind(&settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
+            Some(listener)
+        } else {
+            None
+        };
+        let local = listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let port = local.map_or(0, |a| a.port());
+        let sim = cloud.clone().simulated();
+        let agent_api_url = agent_api_url(&settings, sim.is_some(), local);
+
         let mut tasks: Vec<Task> = Vec::new();
         let worker = if role.worker() {
+            if let Some(sim) = sim.filter(|_| settings.sim.agents) {
+                if agent_api_url.is_none() {
+                    tracing::warn!("the agents of simulated instances cannot report: set GEONEX_API__PUBLIC_URL");
+                }
+                // Simulated containers write where usage scans look: the folders.
+                let outputs = (!usage_reads_s3(&settings)).then(|| settings.data_dir.join("s3"));
+                let agents = SimAgents::new(
+                    sim,
+                    settings.agent.clone(),
+                    settings.sim.clone(),
+                    settings.data_dir.join("sim-agents"),
+                    outputs,
+                );
+                summary.push_str(&format!("; {}", agents.describe()));
+                tasks.push(Box::pin(agents.run(shutdown.clone())));
+            }
             let usage_handler = S3UsageHandler::new(
                 ports.db.clone(),
                 Scanner::new(objects, settings.s3usage.list_concurrency, settings.s3usage.split_depth),
@@ -311,10 +359,7 @@ impl Application {
                 ports.db.clone(),
                 ports.db.clone(),
                 template,
-                AgentEndpoints {
-                    api_url: settings.api.public_url.clone(),
-                    queue_url: settings.agent.queue_url.clone(),
-                },
+                AgentEndpoints { api_url: agent_api_url.clone(), queue_url: settings.agent.queue_url.clone() },
                 Duration::from_secs(settings.worker.instance_wait_secs),
                 Duration::from_millis(settings.worker.instance_poll_ms),
             );
@@ -343,10 +388,7 @@ impl Application {
             None
         };
 
-        let (listener, port, router) = if role.api() {
-            let listener =
-                TcpListener::bind(&settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
-            let port = listener.local_addr()?.port();
+        let router = if role.api() {
             let state = AppState {
                 db: ports.db.clone(),
                 admin_recipients: settings.email.admin_recipients.clone(),
@@ -364,9 +406,9 @@ impl Application {
                 usage_settings: settings.s3usage.clone(),
                 usage_extra_outputs: extra_outputs.clone(),
             };
-            (Some(listener), port, Some(geonex_api::router(state)))
+            Some(geonex_api::router(state))
         } else {
-            (None, 0, None)
+            None
         };
         Ok(Self { listener, port, router, worker, tasks, shutdown, summary })
     }

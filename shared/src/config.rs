@@ -287,7 +287,8 @@ impl ReconcileSettings {
     }
 }
 
-/// The simulated cloud: timings and injected faults.
+/// The simulated cloud: timings, injected faults, and the agents of its
+/// instances with their simulated data feed and containers.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct SimSettings {
@@ -303,11 +304,32 @@ pub struct SimSettings {
     pub throttle_rate: f64,
     /// Probability of an insufficient-capacity error on a launch.
     pub capacity_error_rate: f64,
+    /// Run the agent (the code of `geonex agent`) on every running simulated
+    /// instance, configured from the instance's user data.
+    pub agents: bool,
+    /// A new simulated GOES file reaches every agent this often; `0`: never
+    /// (the agents still send heartbeats).
+    pub data_interval_secs: u64,
+    /// About how long a simulated container runs.
+    pub container_ms: u64,
+    /// Probability (0–1) that a simulated container fails.
+    pub container_failure_rate: f64,
 }
 
 impl Default for SimSettings {
     fn default() -> Self {
-        Self { boot_delay_ms: 2_000, stop_delay_ms: 1_000, latency_ms: 0, error_rate: 0.0, throttle_rate: 0.0, capacity_error_rate: 0.0 }
+        Self {
+            boot_delay_ms: 2_000,
+            stop_delay_ms: 1_000,
+            latency_ms: 0,
+            error_rate: 0.0,
+            throttle_rate: 0.0,
+            capacity_error_rate: 0.0,
+            agents: true,
+            data_interval_secs: 20,
+            container_ms: 3_000,
+            container_failure_rate: 0.1,
+        }
     }
 }
 
@@ -443,7 +465,10 @@ impl EmailSettings {
 }
 
 /// The on-instance agent (`geonex agent`). The worker renders `queue_url` into
-/// the user data; the agent reads the rest from its own environment.
+/// the user data; the agent reads the rest from its own environment. The agents
+/// of simulated instances take their identity from the user data and their
+/// limits (concurrency, timeout, heartbeat, log tail) from these settings of
+/// the process running the simulated cloud.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct AgentSettings {
@@ -510,7 +535,8 @@ impl Default for AgentSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct LogSettings {
-    /// `json` or `pretty`.
+    /// `json`, `text` (`pretty` is another name for it) or `auto`: text when
+    /// standard error is a terminal, JSON lines otherwise.
     pub format: String,
     /// An `EnvFilter` directive; `RUST_LOG` wins when set.
     pub filter: String,
@@ -518,7 +544,7 @@ pub struct LogSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self { format: "json".into(), filter: "info".into() }
+        Self { format: "auto".into(), filter: "info".into() }
     }
 }
 
@@ -698,6 +724,26 @@ mod tests {
         let (s, unknown) = Settings::load_from(env(&[("GEONEX_AGENT__STOP_COMMAND", ""), ("GEONEX_AGENT__STOP_TIMEOUT_SECS", "5")])).unwrap();
         assert!(unknown.is_empty(), "{unknown:?}");
         assert_eq!((s.agent.stop_command.as_str(), s.agent.stop_timeout_secs), ("", 5));
+    }
+
+    #[test]
+    fn simulated_instances_run_agents_on_a_simulated_feed_unless_told_otherwise() {
+        let (s, _) = Settings::load_from(env(&[])).unwrap();
+        assert!(s.sim.agents);
+        assert_eq!((s.sim.data_interval_secs, s.sim.container_ms), (20, 3_000));
+        assert_eq!(s.log.format, "auto");
+        let (s, unknown) = Settings::load_from(env(&[
+            ("GEONEX_SIM__AGENTS", "false"),
+            ("GEONEX_SIM__DATA_INTERVAL_SECS", "1"),
+            ("GEONEX_SIM__CONTAINER_MS", "200"),
+            ("GEONEX_SIM__CONTAINER_FAILURE_RATE", "0.5"),
+            ("GEONEX_LOG__FORMAT", "text"),
+        ]))
+        .unwrap();
+        assert!(unknown.is_empty(), "{unknown:?}");
+        assert!(!s.sim.agents);
+        assert_eq!((s.sim.data_interval_secs, s.sim.container_ms, s.sim.container_failure_rate), (1, 200, 0.5));
+        assert_eq!(s.log.format, "text");
     }
 
     #[test]

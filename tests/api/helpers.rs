@@ -232,6 +232,11 @@ impl Deployment {
                         ("GEONEX_SIM__BOOT_DELAY_MS", "200"),
                         ("GEONEX_SIM__STOP_DELAY_MS", "100"),
                         ("GEONEX_WORKER__INSTANCE_POLL_MS", "100"),
+                        // The agents of simulated instances post heartbeats and
+                        // containers and write outputs, which would move the
+                        // counts, bytes and ETags other tests check: tests that
+                        // want them turn them on.
+                        ("GEONEX_SIM__AGENTS", "false"),
                     ]
                     .into_iter()
                     .map(|(k, v)| (k.to_owned(), v.to_owned())),

@@ -1,6 +1,6 @@
 //! The cloud port: the few EC2 operations a runner needs. `ec2.rs` is the AWS SDK
-//! adapter (its endpoint can point at an emulator), `sim.rs` the simulated cloud
-//! of embedded mode.
+//! adapter (its endpoint can point at an emulator); `sim.rs` a simulated cloud,
+//! whose running instances run their agents in this process (`sim_agents.rs`).
 //!
 //! Instances carry the tags `geonex:runner-id`, `geonex:runner-name`,
 //! `geonex:command-id` and `Name`, so the worker can find what an earlier attempt
@@ -8,8 +8,10 @@
 
 pub mod ec2;
 pub mod sim;
+pub mod sim_agents;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -75,4 +77,9 @@ pub trait Cloud: Send + Sync + 'static {
     async fn set_user_data(&self, instance_id: &str, user_data: &str) -> Result<(), CloudError>;
     /// What the adapter is, for logs and `/readyz`.
     fn describe_self(&self) -> String;
+    /// The simulated cloud, when this adapter is one: its instances' agents run
+    /// in this process, and startup has to run them ([`sim_agents::SimAgents`]).
+    fn simulated(self: Arc<Self>) -> Option<Arc<sim::SimCloud>> {
+        None
+    }
 }

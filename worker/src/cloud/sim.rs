@@ -6,10 +6,12 @@
 //! intermediate states, tags, user data, and `ClientToken` deduplication. It can
 //! inject latency, throttling, capacity and internal errors. Its state is saved to
 //! a JSON file after every change, so instances survive a crash of the process.
+//! While an instance is `running` its agent runs in this process, as cloud-init
+//! would start it on a real instance ([`super::sim_agents`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -48,6 +50,12 @@ pub struct SimCloud {
     state: Mutex<SimState>,
     file: Option<PathBuf>,
     settings: SimSettings,
+    /// Woken when an instance is launched, started, stopped or terminated, so
+    /// its agent starts or stops without waiting for the next look.
+    pub(super) changed: tokio::sync::Notify,
+    /// The agents of running instances; in memory only: they are processes of
+    /// the instances, started again when this process is.
+    pub(super) agents: super::sim_agents::Registry,
 }
 
 impl SimInstance {
@@ -91,7 +99,13 @@ impl SimCloud {
             }
             _ => SimState::default(),
         };
-        Ok(Self { state: Mutex::new(state), file, settings })
+        Ok(Self {
+            state: Mutex::new(state),
+            file,
+            settings,
+            changed: tokio::sync::Notify::new(),
+            agents: super::sim_agents::Registry::default(),
+        })
     }
 
     fn save(&self, state: &SimState) -> Result<(), CloudError> {
@@ -138,6 +152,18 @@ impl SimCloud {
         let out = f(inst, now)?;
         self.save(&state)?;
         Ok(out)
+    }
+
+    /// [`Self::with_instance`] for a call that may move the instance to another
+    /// state: its agent may have to start or stop.
+    fn change_instance<T>(
+        &self,
+        instance_id: &str,
+        f: impl FnOnce(&mut SimInstance, DateTime<Utc>) -> Result<T, CloudError>,
+    ) -> Result<T, CloudError> {
+        let out = self.with_instance(instance_id, f);
+        self.changed.notify_waiters();
+        out
     }
 
     /// Every instance, for tests and operators' inspection.
@@ -219,12 +245,13 @@ impl Cloud for SimCloud {
         state.tokens.insert(spec.client_token.clone(), inst.instance_id.clone());
         state.instances.insert(inst.instance_id.clone(), inst);
         self.save(&state)?;
+        self.changed.notify_waiters();
         Ok(info)
     }
 
     async fn start(&self, instance_id: &str) -> Result<(), CloudError> {
         self.weather(false).await?;
-        self.with_instance(instance_id, |i, now| match i.phase {
+        self.change_instance(instance_id, |i, now| match i.phase {
             Phase::Stopped => {
                 i.phase = Phase::Pending;
                 i.since = now;
@@ -240,7 +267,7 @@ impl Cloud for SimCloud {
 
     async fn stop(&self, instance_id: &str) -> Result<(), CloudError> {
         self.weather(false).await?;
-        self.with_instance(instance_id, |i, now| match i.phase {
+        self.change_instance(instance_id, |i, now| match i.phase {
             Phase::Running => {
                 i.phase = Phase::Stopping;
                 i.since = now;
@@ -256,7 +283,7 @@ impl Cloud for SimCloud {
 
     async fn terminate(&self, instance_id: &str) -> Result<(), CloudError> {
         self.weather(false).await?;
-        self.with_instance(instance_id, |i, now| {
+        self.change_instance(instance_id, |i, now| {
             if !matches!(i.phase, Phase::ShuttingDown | Phase::Terminated) {
                 i.phase = Phase::ShuttingDown;
                 i.since = now;
@@ -267,7 +294,7 @@ impl Cloud for SimCloud {
 
     async fn set_user_data(&self, instance_id: &str, user_data: &str) -> Result<(), CloudError> {
         self.weather(false).await?;
-        self.with_instance(instance_id, |i, _| {
+        self.change_instance(instance_id, |i, _| {
             if i.phase != Phase::Stopped {
                 return Err(error(ErrorClass::Retryable, "IncorrectInstanceState", "user data changes need a stopped instance"));
             }
@@ -278,6 +305,10 @@ impl Cloud for SimCloud {
 
     fn describe_self(&self) -> String {
         "SIMULATED cloud (not AWS)".into()
+    }
+
+    fn simulated(self: Arc<Self>) -> Option<Arc<SimCloud>> {
+        Some(self)
     }
 }
 
