@@ -25,6 +25,7 @@ use geonex_worker::cloud::sim::SimCloud;
 use geonex_worker::cloud::sim_agents::SimAgents;
 use geonex_worker::consumer::Worker;
 use geonex_worker::ec2events::InstanceEventIntake;
+use geonex_worker::observer::Observer;
 use geonex_worker::reconcile::Reconciler;
 use geonex_worker::email::{EmailHandler, EmailTemplates};
 use geonex_worker::mailer::Mailer;
@@ -383,6 +384,8 @@ impl Application {
                 settings.worker.holder_timeout(),
             );
             let reconciler = Reconciler::new(cloud.clone(), ports.db.clone(), settings.reconcile.clone());
+            let observer = Observer::new(cloud.clone(), ports.db.clone(), &settings.reconcile);
+            tasks.push(Box::pin(observer.run(shutdown.clone())));
             Some((worker, relay, reconciler))
         } else {
             None
@@ -402,6 +405,7 @@ impl Application {
                 )),
                 max_attempts: settings.worker.max_attempts,
                 holder_timeout: settings.worker.holder_timeout(),
+                stuck_after: Duration::from_secs(settings.reconcile.stuck_after_secs),
                 cloud_label: cloud.describe_self(),
                 usage_settings: settings.s3usage.clone(),
                 usage_extra_outputs: extra_outputs.clone(),

@@ -27,6 +27,8 @@ pub struct AppState {
     /// A worker silent for this long is presumed dead (shown with a running
     /// command's holder).
     pub holder_timeout: Duration,
+    /// A runner transitional for longer than this shows `stuck`.
+    pub stuck_after: Duration,
     /// What the cloud adapter is, shown by `/readyz`.
     pub cloud_label: String,
     pub usage_settings: S3UsageSettings,

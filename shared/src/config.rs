@@ -150,8 +150,10 @@ pub struct WorkerSettings {
     pub blocked_delay_ms: u64,
     /// How long in-flight commands may run after SIGTERM before the worker exits.
     pub shutdown_grace_secs: u64,
-    /// Longest wait for an instance to reach a state (e.g. stopped before a restart).
+    /// Longest a command waits for its instance to get somewhere (stopped before
+    /// a restart) before it fails.
     pub instance_wait_secs: u64,
+    /// How long a waiting command releases its worker before it looks again.
     pub instance_poll_ms: u64,
 }
 
@@ -265,11 +267,27 @@ pub struct ReconcileSettings {
     /// seconds; unset (or blank) leaves it to the sweep. The SQS endpoint and
     /// long-poll wait are `s3usage.endpoint_url` and `s3usage.sqs_wait_secs`.
     pub ec2_events_queue_url: Option<String>,
+    /// The instance observer's fastest pace: a pass this soon after one that saw
+    /// an instance change.
+    pub observe_min_ms: u64,
+    /// Its slowest pace while instances are on their way and nothing changes.
+    pub observe_max_ms: u64,
+    /// A runner pending, stopping or shutting down for longer than this is
+    /// flagged `stuck`.
+    pub stuck_after_secs: u64,
 }
 
 impl Default for ReconcileSettings {
     fn default() -> Self {
-        Self { interval_secs: 60, reap_orphans: false, orphan_grace_secs: 3_600, ec2_events_queue_url: None }
+        Self {
+            interval_secs: 60,
+            reap_orphans: false,
+            orphan_grace_secs: 3_600,
+            ec2_events_queue_url: None,
+            observe_min_ms: 1_000,
+            observe_max_ms: 10_000,
+            stuck_after_secs: 900,
+        }
     }
 }
 

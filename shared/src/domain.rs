@@ -472,6 +472,9 @@ wire_enum! {
         Queued = "queued",
         Running = "running",
         Retrying = "retrying",
+        /// Not failed: its next step waits for something outside it (the
+        /// instance to stop, the EC2 budget); it holds no worker meanwhile.
+        Waiting = "waiting",
         Succeeded = "succeeded",
         Dead = "dead",
     }

@@ -22,7 +22,7 @@ async fn started(app: &TestApp) -> (String, String, String) {
     let runner = unique("agent");
     let r = app.start_runner(&runner, "geonex/fire:1.5").await;
     app.wait_command(r.body["command_id"].as_str().unwrap(), &["succeeded"]).await;
-    let instance = app.runner(&runner).await["instance_id"].as_str().unwrap().to_owned();
+    let instance = app.wait_runner(&runner, "running").await["instance_id"].as_str().unwrap().to_owned();
     let token = token_in(&user_data_of(&app.ec2, &instance).await);
     (runner, instance, token)
 }
@@ -394,7 +394,7 @@ async fn a_runner_whose_agent_falls_silent_is_shown_unresponsive_and_never_reape
     let out = app.ec2.describe_instances().instance_ids(&instance).send().await.unwrap();
     let state = out.reservations()[0].instances()[0].state().unwrap().name().unwrap().as_str().to_owned();
     assert_eq!(state, "running");
-    assert_eq!(app.runner(&runner).await["observed_state"], "running");
+    app.wait_runner(&runner, "running").await;
     let r = post_event(&app, &token, &event(&runner, "heartbeat", Uuid::new_v4(), json!({}))).await;
     assert_eq!(r.status, 202);
     assert_eq!(app.runner(&runner).await["unresponsive"], false, "heard from again");

@@ -17,6 +17,9 @@ async fn describe_runners_pages_with_a_cursor_and_answers_304_until_something_ch
         assert_eq!(r.status, 202);
         app.wait_command(r.body["command_id"].as_str().unwrap(), &["succeeded"]).await;
     }
+    for id in &ids {
+        app.wait_runner(id, "running").await;
+    }
     ids.sort();
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
@@ -46,8 +49,10 @@ async fn describe_runners_pages_with_a_cursor_and_answers_304_until_something_ch
     assert_eq!(other_query.status, 200, "the ETag covers the query");
 
     // A change to any runner makes the old ETag stale.
-    let r = app.start_runner(&unique("new"), "geonex/fire:1.5").await;
+    let new = unique("new");
+    let r = app.start_runner(&new, "geonex/fire:1.5").await;
     app.wait_command(r.body["command_id"].as_str().unwrap(), &["succeeded"]).await;
+    app.wait_runner(&new, "running").await;
     let changed = app.send(app.http.get(format!("{}/describe-runners?state=running", app.address)).header("If-None-Match", &etag)).await;
     assert_eq!(changed.status, 200);
     assert_eq!(changed.body["runners"].as_array().unwrap().len(), 6);

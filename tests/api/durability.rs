@@ -87,9 +87,8 @@ async fn a_worker_killed_after_run_instances_before_recording_it_leaves_exactly_
     assert_eq!(done["result"]["adopted"], true, "{done}");
     let instances = app.instances_of(&runner_id).await;
     assert_eq!(instances.len(), 1, "{instances:?}");
-    let runner = app.runner(&runner_id).await;
+    let runner = app.wait_runner(&runner_id, "running").await;
     assert_eq!(runner["instance_id"], instances[0].0.as_str());
-    assert_eq!(runner["observed_state"], "running");
     worker.stop().await;
     app.stop_app().await;
 }
@@ -204,7 +203,7 @@ async fn a_permanently_failing_command_ends_dead_and_replay_completes_it_once_th
     assert_eq!(done["status"], "succeeded", "{done}");
     for r in [&a, &b] {
         assert_eq!(app.instances_of(r).await.len(), 1);
-        assert_eq!(app.runner(r).await["observed_state"], "running");
+        app.wait_runner(r, "running").await;
     }
     fixed.stop().await;
 }
@@ -299,7 +298,7 @@ async fn a_command_failing_until_its_attempts_run_out_is_dead_and_replay_complet
         let done = app.wait_command(id, &["succeeded", "dead"]).await;
         assert_eq!(done["status"], "succeeded", "{done}");
         assert_eq!(app.instances_of(runner).await.len(), 1);
-        assert_eq!(app.runner(runner).await["observed_state"], "running");
+        app.wait_runner(runner, "running").await;
     }
     // Nothing is left to replay.
     let again = app.deployment.command(&["replay", "--all"]).output().await.unwrap();

@@ -71,7 +71,7 @@ impl Events {
         let runner = unique("ev");
         let r = self.app.start_runner(&runner, "geonex/fire:1.5").await;
         self.app.wait_command(r.body["command_id"].as_str().unwrap(), &["succeeded"]).await;
-        let instance = self.app.runner(&runner).await["instance_id"].as_str().unwrap().to_owned();
+        let instance = self.app.wait_runner(&runner, "running").await["instance_id"].as_str().unwrap().to_owned();
         (runner, instance)
     }
 

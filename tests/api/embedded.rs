@@ -41,6 +41,20 @@ async fn call(http: &reqwest::Client, token: &str, url: String) -> (u16, Value) 
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// Polls until the runner shows `state` (the observer follows its instance).
+async fn wait_observed(http: &reqwest::Client, token: &str, address: &str, runner: &str, state: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, runners) = call(http, token, format!("{address}/describe-runners?runner_id={runner}")).await;
+        let r = runners["runners"][0].clone();
+        if r["observed_state"] == state {
+            return r;
+        }
+        assert!(std::time::Instant::now() < deadline, "runner {runner} never showed {state}: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn wait_done(http: &reqwest::Client, token: &str, address: &str, command_id: &str) -> Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -74,14 +88,14 @@ async fn setup_with(extra_env: &[(&str, &str)]) -> (Deployment, TestStore, Strin
     (deployment, store, token)
 }
 
-/// Instances in the simulated cloud's saved state, by runner id.
+/// Instances in the simulated cloud's saved state (snapshot and journal), by
+/// runner id.
 fn sim_instances(dir: &Path) -> Vec<(String, String)> {
-    let state: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("sim-cloud.json")).unwrap()).unwrap();
-    state["instances"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|i| (i["tags"]["geonex:runner-id"].as_str().unwrap().to_owned(), i["instance_id"].as_str().unwrap().to_owned()))
+    let settings = geonex_shared::config::SimSettings::default();
+    geonex_worker::cloud::sim::SimCloud::saved_instances(&dir.join("sim-cloud.json"), &settings)
+        .expect("saved simulated cloud")
+        .into_iter()
+        .map(|i| (i.tags["geonex:runner-id"].clone(), i.instance_id))
         .collect()
 }
 
@@ -111,9 +125,7 @@ async fn one_process_with_the_in_process_queue_and_the_simulated_cloud_runs_the_
     .await;
     assert_eq!(status, 202, "{r}");
     assert_eq!(wait_done(&http, &token, a, r["command_id"].as_str().unwrap()).await["status"], "succeeded");
-    let (_, runners) = call(&http, &token, format!("{a}/describe-runners?runner_id={runner}")).await;
-    let instance = runners["runners"][0]["instance_id"].as_str().unwrap().to_owned();
-    assert_eq!(runners["runners"][0]["observed_state"], "running");
+    let instance = wait_observed(&http, &token, a, &runner, "running").await["instance_id"].as_str().unwrap().to_owned();
 
     for (path, expect) in [
         (format!("stop-runner?instance_id={instance}&runner_id={runner}"), "stopped"),
@@ -124,8 +136,7 @@ async fn one_process_with_the_in_process_queue_and_the_simulated_cloud_runs_the_
         assert_eq!(status, 202, "{path}: {r}");
         let done = wait_done(&http, &token, a, r["command_id"].as_str().unwrap()).await;
         assert_eq!(done["status"], "succeeded", "{path}: {done}");
-        let (_, runners) = call(&http, &token, format!("{a}/describe-runners?runner_id={runner}")).await;
-        assert_eq!(runners["runners"][0]["observed_state"], expect, "{path}");
+        wait_observed(&http, &token, a, &runner, expect).await;
     }
     assert_eq!(sim_instances(&dir).len(), 1);
 
@@ -259,8 +270,9 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
 
 /// The agent token in a simulated instance's user data, as the worker rendered it.
 fn agent_token(dir: &Path, instance: &str) -> String {
-    let state: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("sim-cloud.json")).unwrap()).unwrap();
-    let user_data = state["instances"][instance]["user_data"].as_str().unwrap().to_owned();
+    let user_data = geonex_worker::cloud::sim::SimCloud::saved_user_data(&dir.join("sim-cloud.json"), instance)
+        .expect("saved simulated cloud")
+        .expect("the instance");
     let line = user_data.lines().find(|l| l.starts_with("GEONEX_AGENT__TOKEN=")).expect("a token in the user data");
     line.trim_start_matches("GEONEX_AGENT__TOKEN=").trim_matches('\'').to_owned()
 }
@@ -389,7 +401,6 @@ async fn a_restarted_server_resumes_the_agents_of_instances_still_running() {
         finished(cs) >= before + 2 && !cs.iter().any(|c| c["status"] == "running" && started_before_the_kill(c))
     })
     .await;
-    let (_, runners) = call(&http, &token, format!("{a}/describe-runners?runner_id={runner}")).await;
-    assert_eq!(runners["runners"][0]["observed_state"], "running");
-    server.child.kill().await.unwrap();
+    wait_observed(&http, &token, &a, &runner, "running").await;
+    server.kill().await;
 }

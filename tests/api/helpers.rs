@@ -39,6 +39,52 @@ pub fn moto_url() -> String {
     std::env::var("GEONEX_TEST_MOTO_URL").unwrap_or_else(|_| "http://127.0.0.1:5000".into())
 }
 
+/// A moto server of one test's own, on a free port, stopped when dropped: for
+/// tests whose timing must not depend on how busy the shared one is.
+pub struct PrivateMoto {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl PrivateMoto {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().unwrap().port();
+        let program = std::env::var("GEONEX_TEST_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
+        let child = std::process::Command::new(program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server (pip install 'moto[server]')");
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http.get(format!("{url}/moto-api/")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start on {port}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self { child, url }
+    }
+
+    /// A client for checking what exists in this moto.
+    pub fn ec2(&self) -> aws_sdk_ec2::Client {
+        aws_sdk_ec2::Client::new(&ec2_sdk_config_for(&self.url))
+    }
+
+    /// The settings that point a deployment's EC2 at this moto.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![("GEONEX_EC2__ENDPOINT_URL".into(), self.url.clone())]
+    }
+}
+
+impl Drop for PrivateMoto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &Uuid::new_v4().simple().to_string()[..12])
 }
@@ -195,6 +241,10 @@ impl Deployment {
             ("GEONEX_WORKER__LEASE_SECS", "30".into()),
             ("GEONEX_RELAY__INTERVAL_MS", "200".into()),
             ("GEONEX_RELAY__GRACE_MS", "1000".into()),
+            // Instances are followed, and waiting commands look again, quickly.
+            ("GEONEX_RECONCILE__OBSERVE_MIN_MS", "100".into()),
+            ("GEONEX_RECONCILE__OBSERVE_MAX_MS", "400".into()),
+            ("GEONEX_WORKER__INSTANCE_POLL_MS", "100".into()),
             // Tests that want periodic scans turn them on.
             ("GEONEX_S3USAGE__SCAN_INTERVAL_SECS", "0".into()),
         ]
@@ -231,7 +281,6 @@ impl Deployment {
                         ("GEONEX_CLOUD", "sim"),
                         ("GEONEX_SIM__BOOT_DELAY_MS", "200"),
                         ("GEONEX_SIM__STOP_DELAY_MS", "100"),
-                        ("GEONEX_WORKER__INSTANCE_POLL_MS", "100"),
                         // The agents of simulated instances post heartbeats and
                         // containers and write outputs, which would move the
                         // counts, bytes and ETags other tests check: tests that
@@ -612,6 +661,20 @@ impl TestApp {
     pub async fn runner(&self, runner_id: &str) -> Value {
         let r = self.get(&format!("/describe-runners?runner_id={runner_id}")).await;
         r.body["runners"][0].clone()
+    }
+
+    /// Polls until the runner's observed state is `state` (the instance observer
+    /// follows instances after their commands finish); returns the runner.
+    pub async fn wait_runner(&self, runner_id: &str, state: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.runner(runner_id).await;
+            if r["observed_state"] == state {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "runner {runner_id} never showed {state}: {r}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Every instance ever launched for this runner, with its state (moto and the

@@ -12,6 +12,7 @@ mod durability;
 mod ec2events;
 mod embedded;
 mod images;
+mod observer;
 mod proxy;
 mod reconcile;
 mod recovery;

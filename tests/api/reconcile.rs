@@ -15,7 +15,7 @@ async fn started(app: &TestApp) -> (String, String) {
     let runner = unique("live");
     let r = app.start_runner(&runner, "geonex/fire:1.5").await;
     app.wait_command(r.body["command_id"].as_str().unwrap(), &["succeeded"]).await;
-    let instance = app.runner(&runner).await["instance_id"].as_str().unwrap().to_owned();
+    let instance = app.wait_runner(&runner, "running").await["instance_id"].as_str().unwrap().to_owned();
     (runner, instance)
 }
 
@@ -112,7 +112,7 @@ async fn orphans_are_reaped_only_after_the_grace_period_and_a_live_runners_insta
     })
     .await;
     assert_eq!(ec2_state(&app, &instance).await, "running", "the live runner's instance survives");
-    assert_eq!(app.runner(&runner).await["observed_state"], "running");
+    app.wait_runner(&runner, "running").await;
 }
 
 #[tokio::test]

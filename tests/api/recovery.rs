@@ -14,24 +14,24 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::helpers::{
-    APPROVED_IMAGES, Deployment, Process, TestConfig, TestStore, approve_image, ec2_client, eventually, service_token,
-    spawn_app_with, unique,
+    APPROVED_IMAGES, Deployment, PrivateMoto, Process, TestConfig, TestStore, approve_image, eventually,
+    service_token, spawn_app_with, unique,
 };
 
 /// How long after the last restart everything must have finished.
 const RECOVERY: Duration = Duration::from_secs(30);
 
 /// Leases as long as the old default, so only the holder's missing heartbeat
-/// can explain a recovery within `RECOVERY`.
-fn config() -> TestConfig {
-    TestConfig {
-        extra_env: vec![("GEONEX_WORKER__LEASE_SECS".into(), "300".into())],
-        ..TestConfig::default()
-    }
+/// can explain a recovery within `RECOVERY`; EC2 is a moto of the test's own,
+/// so the time it measures is the system's, not a busy emulator's.
+fn config(moto: &PrivateMoto) -> TestConfig {
+    let mut extra_env = moto.env();
+    extra_env.push(("GEONEX_WORKER__LEASE_SECS".into(), "300".into()));
+    TestConfig { extra_env, ..TestConfig::default() }
 }
 
-fn api_only() -> TestConfig {
-    TestConfig { role: AppRole::Api, ..config() }
+fn api_only(moto: &PrivateMoto) -> TestConfig {
+    TestConfig { role: AppRole::Api, ..config(moto) }
 }
 
 struct Burst {
@@ -97,9 +97,9 @@ async fn all_succeed(store: &TestStore, burst: &Burst, since: Instant) -> Durati
 
 /// Every accepted runner is running with exactly one live instance in moto, and
 /// moto holds no live instance of this fleet that no runner owns.
-async fn one_instance_per_runner(deployment: &Deployment, store: &TestStore, burst: &Burst) {
+async fn one_instance_per_runner(deployment: &Deployment, store: &TestStore, burst: &Burst, moto: &PrivateMoto) {
     let fleet = deployment.settings().ec2.fleet;
-    let ec2 = ec2_client();
+    let ec2 = moto.ec2();
     let out = ec2
         .describe_instances()
         .filters(aws_sdk_ec2::types::Filter::builder().name("tag:geonex:fleet").values(&fleet).build())
@@ -124,7 +124,15 @@ async fn one_instance_per_runner(deployment: &Deployment, store: &TestStore, bur
     for (runner, _) in &burst.accepted {
         let instances = live.remove(runner).unwrap_or_default();
         assert_eq!(instances.len(), 1, "runner {runner} has live instances {instances:?}");
-        let r = store.get_runner(runner).await.expect("get runner").expect("runner");
+        // The instance observer follows each launched instance to running.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let r = loop {
+            let r = store.get_runner(runner).await.expect("get runner").expect("runner");
+            if r.observed_state.as_str() == "running" || Instant::now() > deadline {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         assert_eq!(r.observed_state.as_str(), "running", "{runner}");
         assert_eq!(r.instance_id.as_deref(), Some(instances[0].as_str()), "{runner}");
     }
@@ -133,8 +141,8 @@ async fn one_instance_per_runner(deployment: &Deployment, store: &TestStore, bur
 
 /// A production deployment (Postgres, RabbitMQ, moto) with its images approved
 /// and an admin token, its processes started by the test.
-async fn deployment() -> (Deployment, TestStore, String) {
-    let deployment = Deployment::new(&config()).await;
+async fn deployment(moto: &PrivateMoto) -> (Deployment, TestStore, String) {
+    let deployment = Deployment::new(&config(moto)).await;
     let store = deployment.store().await;
     for image in APPROVED_IMAGES {
         approve_image(&store, image).await;
@@ -156,7 +164,8 @@ async fn worker(deployment: &Deployment) -> Process {
 
 #[tokio::test]
 async fn a_serve_process_killed_twice_during_a_burst_finishes_every_start_within_seconds_of_the_restart() {
-    let (deployment, store, token) = deployment().await;
+    let moto = PrivateMoto::start().await;
+    let (deployment, store, token) = deployment(&moto).await;
     let mut accepted = Burst { accepted: Vec::new() };
 
     let mut server = serve(&deployment).await;
@@ -178,13 +187,14 @@ async fn a_serve_process_killed_twice_during_a_burst_finishes_every_start_within
     let restarted = Instant::now();
     let took = all_succeed(&store, &accepted, restarted).await;
     eprintln!("recovery after the second kill: {took:?} for {} commands ({interrupted} interrupted)", accepted.accepted.len());
-    one_instance_per_runner(&deployment, &store, &accepted).await;
+    one_instance_per_runner(&deployment, &store, &accepted, &moto).await;
     server.kill().await;
 }
 
 #[tokio::test]
 async fn a_worker_killed_mid_burst_while_the_api_keeps_running_is_taken_over_by_its_replacement() {
-    let app = spawn_app_with(api_only()).await;
+    let moto = PrivateMoto::start().await;
+    let app = spawn_app_with(api_only(&moto)).await;
     let mut accepted = Burst { accepted: Vec::new() };
     let mut first = worker(&app.deployment).await;
     burst(&app.address, &app.token, "w", 40, &mut accepted).await;
@@ -195,13 +205,14 @@ async fn a_worker_killed_mid_burst_while_the_api_keeps_running_is_taken_over_by_
     let restarted = Instant::now();
     let took = all_succeed(&app.store, &accepted, restarted).await;
     eprintln!("recovery after a worker kill: {took:?}");
-    one_instance_per_runner(&app.deployment, &app.store, &accepted).await;
+    one_instance_per_runner(&app.deployment, &app.store, &accepted, &moto).await;
     second.kill().await;
 }
 
 #[tokio::test]
 async fn of_two_workers_the_survivor_takes_over_what_the_killed_one_held() {
-    let app = spawn_app_with(api_only()).await;
+    let moto = PrivateMoto::start().await;
+    let app = spawn_app_with(api_only(&moto)).await;
     let mut victim = worker(&app.deployment).await;
     let mut survivor = worker(&app.deployment).await;
     // Both registered: the victim's id is the row with its pid.
@@ -238,7 +249,7 @@ async fn of_two_workers_the_survivor_takes_over_what_the_killed_one_held() {
     // The survivor was never restarted: it takes over on its own.
     let took = all_succeed(&app.store, &accepted, killed).await;
     eprintln!("recovery by the surviving worker: {took:?}");
-    one_instance_per_runner(&app.deployment, &app.store, &accepted).await;
+    one_instance_per_runner(&app.deployment, &app.store, &accepted, &moto).await;
     // What the victim ran shows who ran it.
     let workers = app.store.list_workers().await.expect("workers");
     assert!(workers.iter().any(|w| w.worker_id == victim_id), "a killed worker's row stays until forgotten");
@@ -247,7 +258,9 @@ async fn of_two_workers_the_survivor_takes_over_what_the_killed_one_held() {
 
 #[tokio::test]
 async fn describe_command_shows_who_holds_a_running_command_and_since_when() {
-    let app = spawn_app_with(api_only()).await;
+    let moto = PrivateMoto::start().await;
+    let mut app = spawn_app_with(api_only(&moto)).await;
+    app.ec2 = moto.ec2();
     // A worker that stops at the failpoint right after RunInstances holds the
     // command while it waits there.
     let mut cmd = app.deployment.command(&["worker"]);

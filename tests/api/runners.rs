@@ -32,6 +32,8 @@ async fn start_runner_launches_a_tagged_instance_with_user_data_and_describe_sho
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["requested_by"], "service:test-admin");
 
+    assert_eq!(done["result"]["launched"], true, "{done}");
+    let runner = app.wait_runner(&runner_id, "running").await;
     let instances = app.instances_of(&runner_id).await;
     assert_eq!(instances.len(), 1, "{instances:?}");
     let (instance_id, state) = &instances[0];
@@ -55,8 +57,6 @@ async fn start_runner_launches_a_tagged_instance_with_user_data_and_describe_sho
     assert!(user_data.contains("/usr/local/bin/geonex agent"), "{user_data}");
     assert!(user_data.contains("GEONEX_AGENT__TOKEN='gnxa_"), "{user_data}");
 
-    let runner = app.runner(&runner_id).await;
-    assert_eq!(runner["observed_state"], "running");
     assert_eq!(runner["desired_state"], "running");
     assert_eq!(runner["instance_id"], instance_id.as_str());
     assert_eq!(runner["image_name"], "geonex/active_fire_go16abi15:1.5");
@@ -76,8 +76,8 @@ async fn stop_then_restart_with_a_new_image_then_delete_drive_the_instance_throu
     let r = app.get(&format!("/stop-runner?instance_id={instance_id}&runner_id={runner_id}&runner_name=Production")).await;
     assert_eq!(r.status, 202, "{}", r.body);
     app.wait_command(r.body["command_id"].as_str().unwrap(), &["succeeded"]).await;
-    let runner = app.runner(&runner_id).await;
-    assert_eq!((runner["desired_state"].as_str(), runner["observed_state"].as_str()), (Some("stopped"), Some("stopped")));
+    let runner = app.wait_runner(&runner_id, "stopped").await;
+    assert_eq!(runner["desired_state"], "stopped");
     assert_eq!(app.instances_of(&runner_id).await, vec![(instance_id.clone(), "stopped".to_owned())]);
 
     let r = app
@@ -87,8 +87,7 @@ async fn stop_then_restart_with_a_new_image_then_delete_drive_the_instance_throu
         .await;
     assert_eq!(r.status, 202, "{}", r.body);
     app.wait_command(r.body["command_id"].as_str().unwrap(), &["succeeded"]).await;
-    let runner = app.runner(&runner_id).await;
-    assert_eq!(runner["observed_state"], "running");
+    let runner = app.wait_runner(&runner_id, "running").await;
     assert_eq!(runner["image_name"], "geonex/fire:2.0");
     assert_eq!(runner["s3_output"], "s3://geonex/v2");
     assert_eq!(runner["runner_name"], "Prod2");
@@ -105,13 +104,13 @@ async fn stop_then_restart_with_a_new_image_then_delete_drive_the_instance_throu
         .await;
     app.wait_command(r.body["command_id"].as_str().unwrap(), &["succeeded"]).await;
     assert!(app.user_data(&instance_id).await.contains("IMAGE='geonex/fire:3.0'"));
-    assert_eq!(app.runner(&runner_id).await["observed_state"], "running");
+    app.wait_runner(&runner_id, "running").await;
 
     let r = app.get(&format!("/delete-runner?instance_id={instance_id}&runner_id={runner_id}")).await;
     assert_eq!(r.status, 202, "{}", r.body);
     app.wait_command(r.body["command_id"].as_str().unwrap(), &["succeeded"]).await;
-    let runner = app.runner(&runner_id).await;
-    assert_eq!((runner["desired_state"].as_str(), runner["observed_state"].as_str()), (Some("deleted"), Some("terminated")));
+    let runner = app.wait_runner(&runner_id, "terminated").await;
+    assert_eq!(runner["desired_state"], "deleted");
     assert_eq!(app.instances_of(&runner_id).await, vec![(instance_id.clone(), "terminated".to_owned())]);
 
     // A deleted runner takes no more commands.
@@ -137,10 +136,9 @@ async fn restarting_a_runner_whose_instance_was_terminated_outside_the_api_launc
         .await;
     let done = app.wait_command(r.body["command_id"].as_str().unwrap(), &["succeeded", "dead"]).await;
     assert_eq!(done["status"], "succeeded", "{done}");
-    let runner = app.runner(&runner_id).await;
+    let runner = app.wait_runner(&runner_id, "running").await;
     let new = runner["instance_id"].as_str().unwrap();
     assert_ne!(new, old);
-    assert_eq!(runner["observed_state"], "running");
     assert!(app.user_data(new).await.contains("IMAGE='geonex/fire:2.0'"));
     let live: Vec<_> = app.instances_of(&runner_id).await.into_iter().filter(|(_, s)| s != "terminated").collect();
     assert_eq!(live.len(), 1);
@@ -157,7 +155,7 @@ async fn the_same_start_sent_twice_makes_exactly_one_instance(mode: Mode) {
         assert_eq!(c["status"], "succeeded", "{c}");
     }
     assert_eq!(app.instances_of(&runner_id).await.len(), 1);
-    assert_eq!(app.runner(&runner_id).await["observed_state"], "running");
+    app.wait_runner(&runner_id, "running").await;
 
     // A start with other parameters is a conflict: that is what restart is for.
     let r = app.start_runner(&runner_id, "geonex/fire:9.9").await;
@@ -203,8 +201,7 @@ async fn commands_on_one_runner_apply_in_the_order_they_were_accepted() {
     assert_eq!((s1["status"].as_str(), s2["status"].as_str()), (Some("succeeded"), Some("succeeded")));
     let at = |v: &serde_json::Value| v.as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap();
     assert!(at(&s1["finished_at"]) <= at(&s2["started_at"]), "{s1} {s2}");
-    let runner = app.runner(&runner_id).await;
-    assert_eq!(runner["observed_state"], "stopped");
+    app.wait_runner(&runner_id, "stopped").await;
     let instances = app.instances_of(&runner_id).await;
     assert_eq!(instances.len(), 1);
     assert_eq!(instances[0].1, "stopped");

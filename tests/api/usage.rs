@@ -83,6 +83,7 @@ async fn start_runner(app: &TestApp, runner_id: &str, s3_output: &str) {
     assert_eq!(r.status, 202, "{}", r.body);
     // Settled, so the runner rows (part of the usage ETag) change no more.
     app.wait_command(r.body["command_id"].as_str().unwrap(), &["succeeded"]).await;
+    app.wait_runner(runner_id, "running").await;
 }
 
 fn output<'a>(usage: &'a Value, s3_output: &str) -> &'a Value {

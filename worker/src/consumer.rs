@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::handler::Handler;
+use crate::handler::{Handler, Step};
 use crate::presence::Presence;
 use crate::retry::{Backoff, ErrorClass, HandlerError};
 
@@ -133,16 +133,19 @@ impl Inner {
                 }
             };
             loop {
-                let permit = tokio::select! {
-                    p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-                    _ = shutdown.cancelled() => break,
-                };
+                // A delivery first, then a slot: an idle queue holds no slot
+                // that a busy one could use.
                 let next = tokio::select! {
                     d = sub.deliveries.next() => d,
                     _ = shutdown.cancelled() => break,
                 };
                 match next {
                     Some(Ok(delivery)) => {
+                        let permit = tokio::select! {
+                            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                            // Unsettled, the delivery goes back to the queue.
+                            _ = shutdown.cancelled() => break,
+                        };
                         let this = self.clone();
                         tracker.spawn(async move {
                             this.handle(delivery).await;
@@ -278,7 +281,24 @@ impl Inner {
         };
 
         match outcome {
-            Ok(done) => {
+            Ok(Step::Wait(wait)) => {
+                let next = Utc::now() + chrono::Duration::from_std(wait.after).unwrap_or_default();
+                let progress = match (&command.runner_id, &wait.runner) {
+                    (Some(id), Some(obs)) => Some((id.as_str(), obs)),
+                    _ => None,
+                };
+                tracing::info!(waiting_for = %wait.waiting_for, retry_in_ms = wait.after.as_millis() as u64, "command waiting");
+                let record = || self.store.wait_command(&lease, &wait.waiting_for, next, progress);
+                if persist(record).await.is_err() {
+                    return Settle::Requeue;
+                }
+                if let Err(pe) = self.dispatcher.publish(&command.message(), Some(wait.after)).await {
+                    // The row says waiting and unpublished: the relay publishes it once due.
+                    tracing::warn!(error = %pe, "could not schedule the next look; the relay will");
+                }
+                Settle::Ack
+            }
+            Ok(Step::Done(done)) => {
                 let runner_update = match (&command.runner_id, &done.runner) {
                     (Some(id), Some(obs)) => Some((id.as_str(), obs)),
                     _ => None,

@@ -22,7 +22,7 @@ use lettre::message::Mailbox;
 use serde_json::json;
 
 use crate::failpoint;
-use crate::handler::{Handler, Outcome};
+use crate::handler::{Handler, Outcome, Step};
 use crate::mailer::{Email, MailError, Mailer};
 use crate::retry::HandlerError;
 
@@ -133,7 +133,7 @@ impl Handler for EmailHandler {
         &[Action::SendEmail]
     }
 
-    async fn handle(&self, command: &CommandRecord, _runner: Option<&RunnerRecord>) -> Result<Outcome, HandlerError> {
+    async fn handle(&self, command: &CommandRecord, _runner: Option<&RunnerRecord>) -> Result<Step, HandlerError> {
         let params: EmailParams = serde_json::from_value(command.params.clone())
             .map_err(|e| HandlerError::permanent(format!("e-mail command parameters are invalid: {e}")))?;
         let id = command.command_id;
@@ -146,7 +146,8 @@ impl Handler for EmailHandler {
                 result: json!({"status": "sent", "message_id": d.message_id, "recipient": d.recipient,
                                "smtp_reply": d.smtp_reply, "sent_at": d.sent_at, "sends": d.sends}),
                 runner: None,
-            });
+            }
+            .into());
         }
         let (subject, text, html) = self
             .templates
@@ -167,7 +168,8 @@ impl Handler for EmailHandler {
             result: json!({"status": "sent", "message_id": email.message_id, "recipient": email.to,
                            "smtp_reply": reply, "sends": sends}),
             runner: None,
-        })
+        }
+        .into())
     }
 }
 

@@ -2,6 +2,8 @@
 //! owns claiming, leases, retries and acknowledgement; a handler only does the
 //! work and says how it went.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use geonex_shared::domain::{Action, ObservedState};
 use geonex_shared::store::{CommandRecord, RunnerObservation, RunnerRecord};
@@ -16,6 +18,31 @@ pub struct Outcome {
     pub runner: Option<RunnerObservation>,
 }
 
+/// How a command's handling ended, short of an error.
+pub enum Step {
+    /// Finished: the command succeeds.
+    Done(Outcome),
+    /// Its next step depends on something outside it (an instance still
+    /// stopping): the command releases its worker and is handled again later,
+    /// without spending an attempt.
+    Wait(Wait),
+}
+
+pub struct Wait {
+    /// What it waits for, shown with the command.
+    pub waiting_for: String,
+    /// When to look again.
+    pub after: Duration,
+    /// Progress to record on the runner meanwhile (a stop it issued).
+    pub runner: Option<RunnerObservation>,
+}
+
+impl From<Outcome> for Step {
+    fn from(o: Outcome) -> Self {
+        Step::Done(o)
+    }
+}
+
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
     /// The actions this handler carries out.
@@ -23,7 +50,7 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Carries out one command. `runner` is the command's runner, if it names one.
     /// Must be idempotent: it may run again after a crash at any point.
-    async fn handle(&self, command: &CommandRecord, runner: Option<&RunnerRecord>) -> Result<Outcome, HandlerError>;
+    async fn handle(&self, command: &CommandRecord, runner: Option<&RunnerRecord>) -> Result<Step, HandlerError>;
 
     /// What the command's runner shows once the command is dead (it failed for
     /// good or ran out of attempts); None leaves its observed state alone.

@@ -13,6 +13,7 @@ pub mod failpoint;
 pub mod handler;
 pub mod reconcile;
 pub mod mailer;
+pub mod observer;
 pub mod presence;
 pub mod relay;
 pub mod retry;

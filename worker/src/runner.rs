@@ -1,5 +1,11 @@
 //! Runner command handlers: start, restart, stop and delete a runner's instance.
 //!
+//! A handler makes its cloud call and finishes: a start succeeds once the
+//! instance is launched (`pending`), a stop once EC2 accepted it (`stopping`);
+//! the instance observer follows the instance from there. A step that needs the
+//! instance somewhere first (a restart of a running instance waits for it to
+//! stop) makes the command wait, holding no worker, and look again later.
+//!
 //! Every handler looks at the cloud before acting and converges on the command's
 //! end state, so a redelivered or rescued command never launches a second
 //! instance: an instance an earlier attempt launched is found by its
@@ -7,7 +13,7 @@
 //! from the command (which EC2 itself also deduplicates on).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use geonex_shared::domain::{Action, ObservedState};
 use geonex_shared::auth::{TokenKind, mint_token};
@@ -19,7 +25,7 @@ use serde_json::json;
 use async_trait::async_trait;
 
 use crate::cloud::{Cloud, InstanceInfo, LaunchSpec, TAG_COMMAND_ID};
-use crate::handler::{Handler, Outcome};
+use crate::handler::{Handler, Outcome, Step, Wait};
 use crate::failpoint;
 use crate::retry::HandlerError;
 use crate::user_data::{UserDataContext, UserDataTemplate};
@@ -161,110 +167,97 @@ impl RunnerHandler {
         Ok(launched)
     }
 
-    async fn observe(&self, instance_id: &str, result: serde_json::Value) -> Result<Outcome, HandlerError> {
-        let state = match self.cloud.describe(instance_id).await? {
-            Some(i) => i.state,
-            None => ObservedState::Terminated,
+    /// Looks again later: the instance must get somewhere first. A command that
+    /// has waited longer than the instance wait limit fails instead (and is
+    /// retried as any failure is).
+    fn wait(&self, cmd: &CommandRecord, waiting_for: String, progress: Option<RunnerObservation>) -> Result<Step, HandlerError> {
+        let waited = cmd.started_at.map(|t| chrono::Utc::now() - t).unwrap_or_default();
+        if waited.to_std().unwrap_or_default() > self.wait {
+            return Err(HandlerError::retryable(format!("gave up after {:?}: {waiting_for}", self.wait)));
+        }
+        Ok(Step::Wait(Wait { waiting_for, after: self.poll, runner: progress }))
+    }
+
+    async fn start(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Result<Step, HandlerError> {
+        let Some(i) = self.live_instance(runner).await? else {
+            let i = self.launch(cmd, runner).await?;
+            self.retire_tokens(cmd, runner).await?;
+            return Ok(done(&i.instance_id, i.state, json!({ "instance_id": i.instance_id, "launched": true, "state": i.state })));
         };
-        Ok(observed(Some(instance_id.to_owned()), state, result))
-    }
-
-    async fn wait_until(&self, instance_id: &str, target: ObservedState) -> Result<(), HandlerError> {
-        let deadline = Instant::now() + self.wait;
-        loop {
-            match self.cloud.describe(instance_id).await? {
-                Some(i) if i.state == target => return Ok(()),
-                None if target == ObservedState::Terminated => return Ok(()),
-                Some(i) if i.state.is_gone() && target != ObservedState::Terminated => {
-                    return Err(HandlerError::retryable(format!("instance {instance_id} is {}", i.state.as_str())));
-                }
-                None => return Err(HandlerError::retryable(format!("instance {instance_id} vanished"))),
-                Some(_) if Instant::now() >= deadline => {
-                    return Err(HandlerError::retryable(format!(
-                        "instance {instance_id} did not become {} within {:?}",
-                        target.as_str(),
-                        self.wait
-                    )));
-                }
-                Some(_) => tokio::time::sleep(self.poll).await,
+        match i.state {
+            ObservedState::Stopped => {
+                self.cloud.start(&i.instance_id).await?;
+                Ok(done(&i.instance_id, ObservedState::Pending, json!({ "instance_id": i.instance_id, "started": true })))
             }
+            ObservedState::Stopping => {
+                let progress = observation(&i.instance_id, i.state);
+                self.wait(cmd, format!("instance {} to stop before starting it again", i.instance_id), Some(progress))
+            }
+            state => Ok(done(&i.instance_id, state, json!({ "instance_id": i.instance_id, "adopted": true, "state": state }))),
         }
     }
 
-    async fn start(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Result<Outcome, HandlerError> {
-        match self.live_instance(runner).await? {
-            Some(i) => {
-                if matches!(i.state, ObservedState::Stopping | ObservedState::Stopped) {
-                    self.wait_until(&i.instance_id, ObservedState::Stopped).await?;
-                    self.cloud.start(&i.instance_id).await?;
-                }
-                self.wait_until(&i.instance_id, ObservedState::Running).await?;
-                self.observe(&i.instance_id, json!({ "instance_id": i.instance_id, "adopted": true })).await
-            }
-            None => {
-                let i = self.launch(cmd, runner).await?;
-                self.retire_tokens(cmd, runner).await?;
-                self.wait_until(&i.instance_id, ObservedState::Running).await?;
-                self.observe(&i.instance_id, json!({ "instance_id": i.instance_id, "adopted": false })).await
-            }
-        }
-    }
-
-    async fn restart(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Result<Outcome, HandlerError> {
+    /// Stop, wait for stopped, new user data, start: each step runs when the
+    /// instance allows it, and the command holds no worker in between.
+    async fn restart(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Result<Step, HandlerError> {
         let Some(i) = self.live_instance(runner).await? else {
             // Terminated (or never launched): a fresh instance with the new parameters.
             let i = self.launch(cmd, runner).await?;
             self.retire_tokens(cmd, runner).await?;
-            self.wait_until(&i.instance_id, ObservedState::Running).await?;
-            return self
-                .observe(&i.instance_id, json!({ "instance_id": i.instance_id, "replaced": runner.instance_id }))
-                .await;
+            let result = json!({ "instance_id": i.instance_id, "launched": true, "replaced": runner.instance_id });
+            return Ok(done(&i.instance_id, i.state, result));
         };
-        let user_data = self.user_data(cmd, runner).await?;
-        if matches!(i.state, ObservedState::Pending | ObservedState::Running) {
-            if i.state == ObservedState::Pending {
-                self.wait_until(&i.instance_id, ObservedState::Running).await?;
+        let id = &i.instance_id;
+        match i.state {
+            ObservedState::Running => {
+                self.cloud.stop(id).await?;
+                self.wait(cmd, format!("instance {id} to stop before restarting it"), Some(observation(id, ObservedState::Stopping)))
             }
-            self.cloud.stop(&i.instance_id).await?;
+            ObservedState::Pending => self.wait(cmd, format!("instance {id} to finish booting before restarting it"), None),
+            ObservedState::Stopping => {
+                self.wait(cmd, format!("instance {id} to stop before restarting it"), Some(observation(id, i.state)))
+            }
+            _ => {
+                let user_data = self.user_data(cmd, runner).await?;
+                self.cloud.set_user_data(id, &user_data).await?;
+                self.retire_tokens(cmd, runner).await?;
+                self.cloud.start(id).await?;
+                Ok(done(id, ObservedState::Pending, json!({ "instance_id": id, "restarted": true })))
+            }
         }
-        self.wait_until(&i.instance_id, ObservedState::Stopped).await?;
-        self.cloud.set_user_data(&i.instance_id, &user_data).await?;
-        self.retire_tokens(cmd, runner).await?;
-        self.cloud.start(&i.instance_id).await?;
-        self.wait_until(&i.instance_id, ObservedState::Running).await?;
-        self.observe(&i.instance_id, json!({ "instance_id": i.instance_id })).await
     }
 
-    async fn stop(&self, runner: &RunnerRecord) -> Result<Outcome, HandlerError> {
+    async fn stop(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Result<Step, HandlerError> {
         let Some(i) = self.live_instance(runner).await? else {
-            return Ok(observed(None, no_instance_state(runner), json!({ "instance_id": null, "note": "runner has no live instance" })));
+            let note = json!({ "instance_id": null, "note": "runner has no live instance" });
+            return Ok(Step::Done(Outcome { result: note, runner: Some(RunnerObservation { instance_id: None, observed: no_instance_state(runner) }) }));
         };
-        if !matches!(i.state, ObservedState::Stopping | ObservedState::Stopped) {
-            if i.state == ObservedState::Pending {
-                self.wait_until(&i.instance_id, ObservedState::Running).await?;
-            }
-            self.cloud.stop(&i.instance_id).await?;
+        let id = &i.instance_id;
+        match i.state {
+            ObservedState::Stopping | ObservedState::Stopped => Ok(done(id, i.state, json!({ "instance_id": id, "state": i.state }))),
+            _ => match self.cloud.stop(id).await {
+                Ok(()) => Ok(done(id, ObservedState::Stopping, json!({ "instance_id": id, "stopping": true }))),
+                // EC2 refuses to stop an instance that is still pending: look again once it runs.
+                Err(e) if e.is_incorrect_state() && i.state == ObservedState::Pending => {
+                    self.wait(cmd, format!("instance {id} to finish booting before stopping it"), None)
+                }
+                Err(e) => Err(e.into()),
+            },
         }
-        self.wait_until(&i.instance_id, ObservedState::Stopped).await?;
-        self.observe(&i.instance_id, json!({ "instance_id": i.instance_id })).await
     }
 
-    async fn delete(&self, runner: &RunnerRecord) -> Result<Outcome, HandlerError> {
+    async fn delete(&self, runner: &RunnerRecord) -> Result<Step, HandlerError> {
         let Some(i) = self.live_instance(runner).await? else {
-            return Ok(observed(
-                None,
-                ObservedState::Terminated,
-                json!({ "instance_id": runner.instance_id, "note": "no live instance to terminate" }),
-            ));
+            let note = json!({ "instance_id": runner.instance_id, "note": "no live instance to terminate" });
+            return Ok(Step::Done(Outcome { result: note, runner: Some(RunnerObservation { instance_id: None, observed: ObservedState::Terminated }) }));
         };
         self.cloud.terminate(&i.instance_id).await?;
-        self.wait_until(&i.instance_id, ObservedState::Terminated).await?;
         // No instance of the runner remains to use any of its tokens.
         self.tokens
             .revoke_agent_tokens(&runner.runner_id, None)
             .await
             .map_err(|e| HandlerError::retryable(e.to_string()))?;
-        self.observe(&i.instance_id, json!({ "instance_id": i.instance_id })).await
+        Ok(done(&i.instance_id, ObservedState::ShuttingDown, json!({ "instance_id": i.instance_id, "terminating": true })))
     }
 }
 
@@ -274,14 +267,14 @@ impl Handler for RunnerHandler {
         &[Action::StartRunner, Action::RestartRunner, Action::StopRunner, Action::DeleteRunner]
     }
 
-    async fn handle(&self, cmd: &CommandRecord, runner: Option<&RunnerRecord>) -> Result<Outcome, HandlerError> {
+    async fn handle(&self, cmd: &CommandRecord, runner: Option<&RunnerRecord>) -> Result<Step, HandlerError> {
         let Some(runner) = runner else {
             return Err(HandlerError::permanent("the command's runner does not exist"));
         };
         match cmd.action {
             Action::StartRunner => self.start(cmd, runner).await,
             Action::RestartRunner => self.restart(cmd, runner).await,
-            Action::StopRunner => self.stop(runner).await,
+            Action::StopRunner => self.stop(cmd, runner).await,
             Action::DeleteRunner => self.delete(runner).await,
             other => Err(HandlerError::permanent(format!("{other} is not a runner action"))),
         }
@@ -296,8 +289,14 @@ impl Handler for RunnerHandler {
     }
 }
 
-fn observed(instance_id: Option<String>, observed: ObservedState, result: serde_json::Value) -> Outcome {
-    Outcome { result, runner: Some(RunnerObservation { instance_id, observed }) }
+fn observation(instance_id: &str, observed: ObservedState) -> RunnerObservation {
+    RunnerObservation { instance_id: Some(instance_id.to_owned()), observed }
+}
+
+/// The command succeeds with the instance in `observed`; the instance observer
+/// follows it from there (pending → running, stopping → stopped, …).
+fn done(instance_id: &str, observed: ObservedState, result: serde_json::Value) -> Step {
+    Step::Done(Outcome { result, runner: Some(observation(instance_id, observed)) })
 }
 
 fn no_instance_state(runner: &RunnerRecord) -> ObservedState {

@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::handler::{Handler, Outcome};
+use crate::handler::{Handler, Outcome, Step};
 use crate::retry::HandlerError;
 use crate::storage::{ObjectStore, StorageError, StorageErrorKind};
 
@@ -178,7 +178,7 @@ impl Handler for S3UsageHandler {
         &[Action::S3UsageScan]
     }
 
-    async fn handle(&self, command: &CommandRecord, _runner: Option<&RunnerRecord>) -> Result<Outcome, HandlerError> {
+    async fn handle(&self, command: &CommandRecord, _runner: Option<&RunnerRecord>) -> Result<Step, HandlerError> {
         let scope: ScanScope = serde_json::from_value(command.params.clone())
             .map_err(|e| HandlerError::permanent(format!("unreadable scan parameters: {e}")))?;
         let targets = match &scope {
@@ -227,7 +227,8 @@ impl Handler for S3UsageHandler {
         Ok(Outcome {
             result: json!({ "scope": scope, "scanned": scanned, "failed": failed, "skipped": skipped, "outputs": report }),
             runner: None,
-        })
+        }
+        .into())
     }
 }
 

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use geonex_shared::domain::{Action, CommandStatus, DesiredState, ObservedState};
 use geonex_shared::error::FieldError;
+use geonex_shared::store::fleet::TRANSITIONAL;
 use geonex_shared::store::{CommandQuery, CommandRecord, RunnerQuery, RunnerRecord, WorkerProcess};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -28,15 +29,20 @@ pub struct RunnerView {
     /// Running, but its agent has not been heard from (no event) for longer than
     /// `api.unresponsive_after_secs`. Only shown: such a runner is never reaped.
     pub unresponsive: bool,
+    /// Pending, stopping or shutting down for longer than
+    /// `reconcile.stuck_after_secs` (since `observed_at`).
+    pub stuck: bool,
 }
 
 impl RunnerView {
-    pub fn of(runner: RunnerRecord, now: DateTime<Utc>, after: chrono::Duration) -> Self {
+    pub fn of(runner: RunnerRecord, now: DateTime<Utc>, after: chrono::Duration, stuck_after: chrono::Duration) -> Self {
         // Never heard from: count from the last change of the runner's record
         // (the instance reaching running is one).
         let last = runner.last_heartbeat_at.unwrap_or(runner.updated_at);
         let unresponsive = runner.observed_state == ObservedState::Running && now - last > after;
-        Self { runner, unresponsive }
+        let since = runner.observed_at.unwrap_or(runner.updated_at);
+        let stuck = TRANSITIONAL.contains(&runner.observed_state) && now - since > stuck_after;
+        Self { runner, unresponsive, stuck }
     }
 }
 
@@ -119,7 +125,8 @@ pub async fn describe_runners(State(app): State<AppState>, headers: HeaderMap, p
         limit: limit + 1,
     };
     let (runners, next_cursor) = page(app.db.list_runners(&q).await?, limit, 'r', |r| r.runner_id.clone());
-    let runners = runners.into_iter().map(|r| RunnerView::of(r, now, after)).collect();
+    let stuck_after = chrono::Duration::from_std(app.stuck_after).unwrap_or(chrono::Duration::MAX);
+    let runners = runners.into_iter().map(|r| RunnerView::of(r, now, after, stuck_after)).collect();
     Ok(with_etag(Json(RunnerList { runners, next_cursor }).into_response(), &tag))
 }
 

@@ -44,6 +44,8 @@ pub struct CommandRecord {
     pub claimed_at: Option<DateTime<Utc>>,
     /// While running: when the lease runs out unless its holder renews it.
     pub lease_until: Option<DateTime<Utc>>,
+    /// While waiting: what for.
+    pub waiting_for: Option<String>,
 }
 
 impl CommandRecord {
@@ -72,6 +74,9 @@ pub struct RunnerRecord {
     pub observed_state: ObservedState,
     pub last_error: Option<String>,
     pub last_heartbeat_at: Option<DateTime<Utc>>,
+    /// When the observation behind `observed_state` was made: how long a
+    /// runner has been pending, stopping or shutting down.
+    pub observed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -356,6 +361,15 @@ pub trait Store: Send + Sync + 'static {
     /// Sets a running command to `retrying`; its next message must be published.
     async fn retry_command(&self, lease: &Lease, error: &str, next_attempt_at: DateTime<Utc>)
     -> Result<(), StoreError>;
+    /// Sets a running command to `waiting` until `next_attempt_at` (no attempt is
+    /// spent) and records the progress it made on its runner, in one transaction.
+    async fn wait_command(
+        &self,
+        lease: &Lease,
+        waiting_for: &str,
+        next_attempt_at: DateTime<Utc>,
+        runner: Option<(&str, &RunnerObservation)>,
+    ) -> Result<(), StoreError>;
     /// Sets a running command to `dead`, and for runner commands records the error
     /// (and, if given, the observed state) on the runner.
     async fn kill_command(

@@ -1,6 +1,8 @@
 //! The fleet store port: what the reconciliation sweep reads and records about
 //! runners' instances, the orphans it finds, and EC2 state-change events.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -42,7 +44,20 @@ pub trait FleetStore: Send + Sync + 'static {
     /// as `killed` (as [`FleetStore::observe_instance`] does) unless the event is
     /// stale.
     async fn apply_instance_event(&self, event: &InstanceEvent) -> Result<EventOutcome, StoreError>;
+
+    /// Runners whose instance is on its way somewhere (pending, stopping,
+    /// shutting down): what the instance observer watches.
+    async fn transitional_runners(&self) -> Result<Vec<RunnerRecord>, StoreError>;
+    /// Whether this caller runs the periodic task `name` now: true for one caller
+    /// per `every` across every process sharing the database.
+    async fn claim_periodic(&self, name: &str, every: Duration) -> Result<bool, StoreError>;
+    /// Marks a runner whose instance has been in a transitional state too long:
+    /// the runner's `last_error` and the result of its latest command say so.
+    async fn flag_stuck(&self, runner_id: &str, message: &str) -> Result<(), StoreError>;
 }
+
+/// The observed states an instance passes through on its way somewhere.
+pub const TRANSITIONAL: [ObservedState; 3] = [ObservedState::Pending, ObservedState::Stopping, ObservedState::ShuttingDown];
 
 /// One EC2 instance state-change event.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -119,6 +119,7 @@ mod tests {
             observed_state: ObservedState::Running,
             last_error: None,
             last_heartbeat_at: None,
+            observed_at: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }

@@ -14,7 +14,10 @@ use base64::Engine;
 use geonex_shared::config::Ec2Settings;
 use geonex_shared::domain::ObservedState;
 
-use super::{Cloud, CloudError, InstanceInfo, LaunchSpec, TAG_COMMAND_ID, TAG_FLEET, TAG_RUNNER_ID, TAG_RUNNER_NAME};
+use super::{
+    Cloud, CloudError, DESCRIBE_BATCH, InstanceInfo, LaunchSpec, TAG_COMMAND_ID, TAG_FLEET, TAG_RUNNER_ID,
+    TAG_RUNNER_NAME,
+};
 use crate::retry::ErrorClass;
 
 pub struct Ec2Cloud {
@@ -89,22 +92,18 @@ where
             let message = se.err().message().unwrap_or("");
             let status = Some(se.raw().status().as_u16());
             let class = classify(code, status);
-            CloudError {
-                class,
-                not_found: code.is_some_and(|c| c == "InvalidInstanceID.NotFound"),
-                message: format!("{op}: {}: {message}", code.unwrap_or("error")),
-            }
+            CloudError::new(class, code, format!("{op}: {}: {message}", code.unwrap_or("error")))
         }
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => CloudError {
-            class: ErrorClass::Retryable,
-            not_found: false,
-            message: format!("{op}: {}", aws_sdk_ec2::error::DisplayErrorContext(&err)),
-        },
-        _ => CloudError {
-            class: ErrorClass::Permanent,
-            not_found: false,
-            message: format!("{op}: {}", aws_sdk_ec2::error::DisplayErrorContext(&err)),
-        },
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => CloudError::new(
+            ErrorClass::Retryable,
+            None,
+            format!("{op}: {}", aws_sdk_ec2::error::DisplayErrorContext(&err)),
+        ),
+        _ => CloudError::new(
+            ErrorClass::Permanent,
+            None,
+            format!("{op}: {}", aws_sdk_ec2::error::DisplayErrorContext(&err)),
+        ),
     }
 }
 
@@ -191,9 +190,38 @@ impl Cloud for Ec2Cloud {
             Ok(out) => Ok(out.reservations().iter().flat_map(|r| r.instances()).find_map(info)),
             Err(e) => {
                 let e = cloud_error("DescribeInstances", e);
-                if e.not_found { Ok(None) } else { Err(e) }
+                if e.is_not_found() { Ok(None) } else { Err(e) }
             }
         }
+    }
+
+    async fn describe_many(&self, instance_ids: &[String]) -> Result<Vec<InstanceInfo>, CloudError> {
+        let mut out = Vec::with_capacity(instance_ids.len());
+        for chunk in instance_ids.chunks(DESCRIBE_BATCH) {
+            let mut ids: Vec<String> = chunk.to_vec();
+            // EC2 refuses the whole request if one id is unknown, naming the
+            // unknown ones: those are gone; ask again for the rest.
+            while !ids.is_empty() {
+                match self.client.describe_instances().set_instance_ids(Some(ids.clone())).send().await {
+                    Ok(page) => {
+                        out.extend(page.reservations().iter().flat_map(|r| r.instances()).filter_map(info));
+                        break;
+                    }
+                    Err(e) => {
+                        let e = cloud_error("DescribeInstances", e);
+                        if !e.is_not_found() {
+                            return Err(e);
+                        }
+                        let before = ids.len();
+                        ids.retain(|id| !e.message.contains(id.as_str()));
+                        if ids.len() == before {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<InstanceInfo, CloudError> {
@@ -234,11 +262,10 @@ impl Cloud for Ec2Cloud {
             req = req.iam_instance_profile(spec);
         }
         let out = req.send().await.map_err(|e| cloud_error("RunInstances", e))?;
-        out.instances().iter().find_map(info).ok_or_else(|| CloudError {
-            class: ErrorClass::Retryable,
-            not_found: false,
-            message: "RunInstances returned no instance".into(),
-        })
+        out.instances()
+            .iter()
+            .find_map(info)
+            .ok_or_else(|| CloudError::new(ErrorClass::Retryable, None, "RunInstances returned no instance"))
     }
 
     async fn start(&self, instance_id: &str) -> Result<(), CloudError> {

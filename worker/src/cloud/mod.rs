@@ -26,6 +26,9 @@ pub const TAG_COMMAND_ID: &str = "geonex:command-id";
 /// ever look at their own fleet, so two deployments can share an AWS account.
 pub const TAG_FLEET: &str = "geonex:fleet";
 
+/// Instance ids one batched DescribeInstances request may name.
+pub const DESCRIBE_BATCH: usize = 1000;
+
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
     pub runner_id: String,
@@ -50,9 +53,35 @@ pub struct InstanceInfo {
 #[error("{message}")]
 pub struct CloudError {
     pub class: ErrorClass,
-    /// The instance does not exist (any more).
-    pub not_found: bool,
+    /// The EC2 error code, when the cloud answered with one.
+    pub code: Option<String>,
     pub message: String,
+}
+
+impl CloudError {
+    pub fn new(class: ErrorClass, code: Option<&str>, message: impl Into<String>) -> Self {
+        Self { class, code: code.map(str::to_owned), message: message.into() }
+    }
+
+    fn code_is(&self, code: &str) -> bool {
+        self.code.as_deref() == Some(code)
+    }
+
+    /// The instance does not exist (any more).
+    pub fn is_not_found(&self) -> bool {
+        self.code_is("InvalidInstanceID.NotFound")
+    }
+
+    /// The instance is not in a state that allows the call (stopping a pending
+    /// instance): worth trying again once it has moved on.
+    pub fn is_incorrect_state(&self) -> bool {
+        self.code_is("IncorrectInstanceState") || self.code_is("IncorrectState")
+    }
+
+    /// EC2 refused the call for the account's request rate.
+    pub fn is_throttled(&self) -> bool {
+        self.code_is("RequestLimitExceeded") || self.code_is("Throttling") || self.code_is("ThrottlingException")
+    }
 }
 
 impl From<CloudError> for HandlerError {
@@ -69,6 +98,9 @@ pub trait Cloud: Send + Sync + 'static {
     async fn list_fleet_instances(&self) -> Result<Vec<InstanceInfo>, CloudError>;
     /// One instance, or `None` if the cloud does not know it.
     async fn describe(&self, instance_id: &str) -> Result<Option<InstanceInfo>, CloudError>;
+    /// The instances among `instance_ids` the cloud knows (at most
+    /// [`DESCRIBE_BATCH`] per call: one DescribeInstances request each).
+    async fn describe_many(&self, instance_ids: &[String]) -> Result<Vec<InstanceInfo>, CloudError>;
     async fn launch(&self, spec: &LaunchSpec) -> Result<InstanceInfo, CloudError>;
     async fn start(&self, instance_id: &str) -> Result<(), CloudError>;
     async fn stop(&self, instance_id: &str) -> Result<(), CloudError>;

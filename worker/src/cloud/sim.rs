@@ -4,13 +4,18 @@
 //! It behaves like EC2 where the control plane can tell: EC2-shaped instance
 //! ids, `pending → running` after a boot delay, stop/start/terminate with their
 //! intermediate states, tags, user data, and `ClientToken` deduplication. It can
-//! inject latency, throttling, capacity and internal errors. Its state is saved to
-//! a JSON file after every change, so instances survive a crash of the process.
-//! While an instance is `running` its agent runs in this process, as cloud-init
-//! would start it on a real instance ([`super::sim_agents`]).
+//! inject latency, throttling, capacity and internal errors. Its state survives a
+//! crash of the process: every change is appended to a journal beside the JSON
+//! snapshot (one line, one write), and the journal is folded into the snapshot
+//! once it has grown as long as the fleet, so a change costs the same with ten
+//! instances as with ten thousand. It counts the calls it answers, for tests
+//! and benchmarks. While an instance is `running` its agent runs in this
+//! process, as cloud-init would start it on a real instance ([`super::sim_agents`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +26,7 @@ use geonex_shared::domain::ObservedState;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{Cloud, CloudError, InstanceInfo, LaunchSpec, TAG_COMMAND_ID, TAG_RUNNER_ID, TAG_RUNNER_NAME};
+use super::{Cloud, CloudError, DESCRIBE_BATCH, InstanceInfo, LaunchSpec, TAG_COMMAND_ID, TAG_RUNNER_ID, TAG_RUNNER_NAME};
 use crate::retry::ErrorClass;
 
 /// An instance's phase is the EC2 state it shows (never `requested` or `failed`).
@@ -44,6 +49,78 @@ struct SimState {
     instances: BTreeMap<String, SimInstance>,
     /// Client token → the instance it launched.
     tokens: HashMap<String, String>,
+    /// Runner id → its instances (rebuilt on load).
+    #[serde(skip)]
+    by_runner: HashMap<String, Vec<String>>,
+    /// Changes appended since the snapshot was written.
+    #[serde(skip)]
+    journaled: usize,
+}
+
+/// One line of the journal: an instance as a change left it, and the client
+/// token of its launch.
+#[derive(Serialize, Deserialize)]
+struct Change {
+    instance: SimInstance,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+}
+
+impl SimState {
+    fn index(&mut self, inst: &SimInstance) {
+        if let Some(runner) = inst.tags.get(TAG_RUNNER_ID) {
+            let ids = self.by_runner.entry(runner.clone()).or_default();
+            if !ids.contains(&inst.instance_id) {
+                ids.push(inst.instance_id.clone());
+            }
+        }
+    }
+
+    fn apply(&mut self, change: Change) {
+        self.index(&change.instance);
+        if let Some(token) = change.token {
+            self.tokens.insert(token, change.instance.instance_id.clone());
+        }
+        self.instances.insert(change.instance.instance_id.clone(), change.instance);
+    }
+
+    /// The snapshot and the journal after it.
+    fn load(file: &Path) -> Result<Self, String> {
+        let mut state: SimState = if file.exists() {
+            let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?
+        } else {
+            SimState::default()
+        };
+        let all: Vec<SimInstance> = state.instances.values().cloned().collect();
+        for inst in &all {
+            state.index(inst);
+        }
+        if let Ok(text) = std::fs::read_to_string(journal_of(file)) {
+            // A torn last line (the process died mid-write) is skipped.
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                if let Ok(change) = serde_json::from_str::<Change>(line) {
+                    state.apply(change);
+                    state.journaled += 1;
+                }
+            }
+        }
+        Ok(state)
+    }
+}
+
+fn journal_of(file: &Path) -> PathBuf {
+    file.with_extension("journal")
+}
+
+/// Calls the simulated cloud answered, by operation.
+#[derive(Debug, Default)]
+pub struct SimCalls {
+    pub describe: AtomicU64,
+    pub run: AtomicU64,
+    pub start: AtomicU64,
+    pub stop: AtomicU64,
+    pub terminate: AtomicU64,
 }
 
 pub struct SimCloud {
@@ -56,6 +133,7 @@ pub struct SimCloud {
     /// The agents of running instances; in memory only: they are processes of
     /// the instances, started again when this process is.
     pub(super) agents: super::sim_agents::Registry,
+    calls: SimCalls,
 }
 
 impl SimInstance {
@@ -85,36 +163,82 @@ impl SimInstance {
 }
 
 fn error(class: ErrorClass, code: &str, message: &str) -> CloudError {
-    CloudError { class, not_found: code == "InvalidInstanceID.NotFound", message: format!("{code}: {message}") }
+    CloudError::new(class, Some(code), format!("{code}: {message}"))
 }
 
 impl SimCloud {
     /// A simulated cloud keeping its state in `file` (created if missing), or in
     /// memory only when `file` is `None`.
     pub fn open(file: Option<PathBuf>, settings: SimSettings) -> Result<Self, String> {
-        let state = match &file {
-            Some(f) if f.exists() => {
-                let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
-                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?
-            }
-            _ => SimState::default(),
+        let mut state = match &file {
+            Some(f) => SimState::load(f)?,
+            None => SimState::default(),
         };
-        Ok(Self {
-            state: Mutex::new(state),
+        let cloud = Self {
+            state: Mutex::new(SimState::default()),
             file,
             settings,
             changed: tokio::sync::Notify::new(),
             agents: super::sim_agents::Registry::default(),
-        })
+            calls: SimCalls::default(),
+        };
+        cloud.compact(&mut state).map_err(|e| e.message)?;
+        *cloud.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        Ok(cloud)
     }
 
-    fn save(&self, state: &SimState) -> Result<(), CloudError> {
+    /// The instances saved in `file` by a simulated cloud (possibly running in
+    /// another process), read without changing anything.
+    pub fn saved_instances(file: &Path, settings: &SimSettings) -> Result<Vec<InstanceInfo>, String> {
+        let mut state = SimState::load(file)?;
+        let now = Utc::now();
+        Ok(state.instances.values_mut().map(|i| {
+            i.settle(now, settings);
+            i.info()
+        }).collect())
+    }
+
+    /// The user data of an instance saved in `file`, read without changing anything.
+    pub fn saved_user_data(file: &Path, instance_id: &str) -> Result<Option<String>, String> {
+        Ok(SimState::load(file)?.instances.get(instance_id).map(|i| i.user_data.clone()))
+    }
+
+    /// The calls answered so far.
+    pub fn calls(&self) -> &SimCalls {
+        &self.calls
+    }
+
+    /// Writes the whole state as the snapshot and empties the journal.
+    fn compact(&self, state: &mut SimState) -> Result<(), CloudError> {
         let Some(file) = &self.file else { return Ok(()) };
-        let text = serde_json::to_string(state).map_err(|e| error(ErrorClass::Retryable, "InternalError", &e.to_string()))?;
+        let fail = |e: String| error(ErrorClass::Retryable, "InternalError", &format!("saving simulated cloud: {e}"));
+        let text = serde_json::to_string(state).map_err(|e| fail(e.to_string()))?;
         let tmp = file.with_extension("json.tmp");
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, file))
-            .map_err(|e| error(ErrorClass::Retryable, "InternalError", &format!("saving simulated cloud: {e}")))
+        std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, file)).map_err(|e| fail(e.to_string()))?;
+        std::fs::write(journal_of(file), "").map_err(|e| fail(e.to_string()))?;
+        state.journaled = 0;
+        Ok(())
+    }
+
+    /// Records one instance's change: a journal line, and now and then a new snapshot.
+    fn save(&self, state: &mut SimState, instance_id: &str, token: Option<&str>) -> Result<(), CloudError> {
+        let Some(file) = &self.file else { return Ok(()) };
+        let Some(instance) = state.instances.get(instance_id).cloned() else { return Ok(()) };
+        let fail = |e: String| error(ErrorClass::Retryable, "InternalError", &format!("saving simulated cloud: {e}"));
+        let mut line = serde_json::to_string(&Change { instance, token: token.map(str::to_owned) })
+            .map_err(|e| fail(e.to_string()))?;
+        line.push('\n');
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(journal_of(file))
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .map_err(|e| fail(e.to_string()))?;
+        state.journaled += 1;
+        if state.journaled > state.instances.len().max(1000) {
+            self.compact(state)?;
+        }
+        Ok(())
     }
 
     /// Latency and injected faults, before any call.
@@ -150,7 +274,7 @@ impl SimCloud {
             .ok_or_else(|| error(ErrorClass::Permanent, "InvalidInstanceID.NotFound", instance_id))?;
         inst.settle(now, &self.settings);
         let out = f(inst, now)?;
-        self.save(&state)?;
+        self.save(&mut state, instance_id, None)?;
         Ok(out)
     }
 
@@ -193,30 +317,60 @@ fn new_instance_id() -> String {
 impl Cloud for SimCloud {
     async fn find_runner_instances(&self, runner_id: &str) -> Result<Vec<InstanceInfo>, CloudError> {
         self.weather(false).await?;
-        Ok(self
-            .instances()
-            .into_iter()
-            .filter(|i| i.tags.get(TAG_RUNNER_ID).is_some_and(|r| r == runner_id) && !i.state.is_gone())
-            .collect())
+        self.calls.describe.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Utc::now();
+        let ids = state.by_runner.get(runner_id).cloned().unwrap_or_default();
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(i) = state.instances.get_mut(&id) {
+                i.settle(now, &self.settings);
+                if !i.phase.is_gone() {
+                    out.push(i.info());
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn list_fleet_instances(&self) -> Result<Vec<InstanceInfo>, CloudError> {
         self.weather(false).await?;
+        self.calls.describe.fetch_add(1, Ordering::Relaxed);
         // One simulated cloud serves one deployment: its whole fleet.
         Ok(self.instances().into_iter().filter(|i| i.state != ObservedState::Terminated).collect())
     }
 
     async fn describe(&self, instance_id: &str) -> Result<Option<InstanceInfo>, CloudError> {
         self.weather(false).await?;
-        match self.with_instance(instance_id, |i, _| Ok(i.info())) {
-            Ok(i) => Ok(Some(i)),
-            Err(e) if e.not_found => Ok(None),
-            Err(e) => Err(e),
+        self.calls.describe.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Utc::now();
+        Ok(state.instances.get_mut(instance_id).map(|i| {
+            i.settle(now, &self.settings);
+            i.info()
+        }))
+    }
+
+    async fn describe_many(&self, instance_ids: &[String]) -> Result<Vec<InstanceInfo>, CloudError> {
+        let mut out = Vec::with_capacity(instance_ids.len());
+        for chunk in instance_ids.chunks(DESCRIBE_BATCH) {
+            self.weather(false).await?;
+            self.calls.describe.fetch_add(1, Ordering::Relaxed);
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Utc::now();
+            for id in chunk {
+                if let Some(i) = state.instances.get_mut(id) {
+                    i.settle(now, &self.settings);
+                    out.push(i.info());
+                }
+            }
         }
+        Ok(out)
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<InstanceInfo, CloudError> {
         self.weather(true).await?;
+        self.calls.run.fetch_add(1, Ordering::Relaxed);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Utc::now();
         if let Some(id) = state.tokens.get(&spec.client_token).cloned()
@@ -242,15 +396,16 @@ impl Cloud for SimCloud {
             launched_at: Some(now),
         };
         let info = inst.info();
-        state.tokens.insert(spec.client_token.clone(), inst.instance_id.clone());
-        state.instances.insert(inst.instance_id.clone(), inst);
-        self.save(&state)?;
+        let id = inst.instance_id.clone();
+        state.apply(Change { instance: inst, token: Some(spec.client_token.clone()) });
+        self.save(&mut state, &id, Some(&spec.client_token))?;
         self.changed.notify_waiters();
         Ok(info)
     }
 
     async fn start(&self, instance_id: &str) -> Result<(), CloudError> {
         self.weather(false).await?;
+        self.calls.start.fetch_add(1, Ordering::Relaxed);
         self.change_instance(instance_id, |i, now| match i.phase {
             Phase::Stopped => {
                 i.phase = Phase::Pending;
@@ -267,6 +422,7 @@ impl Cloud for SimCloud {
 
     async fn stop(&self, instance_id: &str) -> Result<(), CloudError> {
         self.weather(false).await?;
+        self.calls.stop.fetch_add(1, Ordering::Relaxed);
         self.change_instance(instance_id, |i, now| match i.phase {
             Phase::Running => {
                 i.phase = Phase::Stopping;
@@ -283,6 +439,7 @@ impl Cloud for SimCloud {
 
     async fn terminate(&self, instance_id: &str) -> Result<(), CloudError> {
         self.weather(false).await?;
+        self.calls.terminate.fetch_add(1, Ordering::Relaxed);
         self.change_instance(instance_id, |i, now| {
             if !matches!(i.phase, Phase::ShuttingDown | Phase::Terminated) {
                 i.phase = Phase::ShuttingDown;

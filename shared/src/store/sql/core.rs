@@ -47,6 +47,7 @@ static LIST_COMMANDS: Sql = Sql::new(concat!(
     "select ",
     command_columns!(),
     " from command where ($1 is null or runner_id = $1) and ($2 is null or status = $2) \
+     and ($6 is null or (waiting_for is not null) = $6) \
      and ($3 is null or action = $3) and ($4 is null or seq < $4) order by seq desc limit $5"
 ));
 static LIST_RUNNERS: Sql = Sql::new(concat!(
@@ -106,9 +107,10 @@ static RESCUE: Sql = Sql::new(concat!(
 /// One statement, so it is atomic in either database. `RETURNING` shows the row
 /// before SQLite's touch trigger runs: the statement sets `updated_at` itself.
 static CLAIM: Sql = Sql::new(concat!(
-    "update command as c set status = 'running', attempts = c.attempts + 1, lease_until = {now+$2}, \
+    "update command as c set status = 'running', \
+       attempts = c.attempts + case when c.waiting_for is null then 1 else 0 end, lease_until = {now+$2}, \
        lease_holder = $3, claimed_at = {now}, started_at = coalesce(c.started_at, {now}), \
-       next_attempt_at = null, updated_at = {now} \
+       next_attempt_at = null, waiting_for = null, updated_at = {now} \
      where c.command_id = $1 \
        and (c.status in ('queued', 'retrying') \
             or (c.status = 'running' and (c.lease_until < {now} or ",
@@ -159,6 +161,10 @@ static KILL: Sql = Sql::new(
     "update command set status = 'dead', last_error = $2, finished_at = {now}, lease_until = null, \
      next_attempt_at = null where command_id = $1 and status = 'running' and lease_holder = $3 \
      returning runner_id",
+);
+static WAIT: Sql = Sql::new(
+    "update command set status = 'retrying', waiting_for = $2, next_attempt_at = $3, lease_until = null, \
+     published_at = null where command_id = $1 and status = 'running' and lease_holder = $4",
 );
 static KILL_RUNNER: Sql =
     Sql::new("update runner set last_error = $2, observed_state = coalesce($3, observed_state) where runner_id = $1");
@@ -294,13 +300,11 @@ impl<D: Driver> Store for SqlStore<D> {
     }
 
     async fn list_commands(&self, q: &CommandQuery) -> Result<Vec<CommandRecord>, StoreError> {
-        let args = args![
-            &q.runner_id,
-            q.status.map(|s| s.as_str()),
-            q.action.map(|a| a.as_str()),
-            q.before_seq,
-            q.limit
-        ];
+        let (status, waiting) = match q.status.map(rows::stored_status) {
+            Some((s, w)) => (Some(s), w),
+            None => (None, None),
+        };
+        let args = args![&q.runner_id, status, q.action.map(|a| a.as_str()), q.before_seq, q.limit, waiting];
         rows::commands(&self.driver.conn().await?.fetch_all(&LIST_COMMANDS, args).await?)
     }
 
@@ -430,6 +434,23 @@ impl<D: Driver> Store for SqlStore<D> {
         let args = args![lease.command_id, error, next_attempt_at, lease.holder];
         self.driver.conn().await?.execute(&RETRY, args).await?;
         Ok(())
+    }
+
+    async fn wait_command(
+        &self,
+        lease: &Lease,
+        waiting_for: &str,
+        next_attempt_at: DateTime<Utc>,
+        runner: Option<(&str, &RunnerObservation)>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.driver.begin().await?;
+        if tx.execute(&WAIT, args![lease.command_id, waiting_for, next_attempt_at, lease.holder]).await? == 0 {
+            return Ok(());
+        }
+        if let Some((runner_id, obs)) = runner {
+            tx.execute(&RECORD_INSTANCE, args![runner_id, &obs.instance_id, obs.observed.as_str()]).await?;
+        }
+        tx.commit().await
     }
 
     async fn kill_command(

@@ -127,7 +127,7 @@ fn fragment_in(fragment: &str, dialect: Dialect) -> Option<String> {
 pub enum Arg {
     Text(Option<String>),
     Int(Option<i64>),
-    Bool(bool),
+    Bool(Option<bool>),
     Uuid(Option<Uuid>),
     Time(Option<DateTime<Utc>>),
     Json(serde_json::Value),

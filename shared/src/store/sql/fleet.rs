@@ -1,6 +1,8 @@
 //! The fleet port: what reconciliation and EC2 state-change events read and
 //! write about runners' instances, and the orphans the sweep found.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
 use crate::domain::ObservedState;
@@ -40,6 +42,22 @@ static LIST_ORPHANS: Sql = Sql::new(
     "select instance_id, runner_id, state, first_seen_at, last_seen_at, reaped_at \
      from orphan_instance order by first_seen_at, instance_id",
 );
+static TRANSITIONAL_RUNNERS: Sql = Sql::new(concat!(
+    "select ",
+    runner_columns!(),
+    " from runner where instance_id is not null and observed_state in ('pending', 'stopping', 'shutting-down') \
+     order by runner_id"
+));
+static ADD_PERIODIC: Sql =
+    Sql::new("insert into periodic_task (name, next_run_at) values ($1, {now}) on conflict (name) do nothing");
+/// Moves the task's next run forward only if it is due: one caller wins.
+static CLAIM_PERIODIC: Sql =
+    Sql::new("update periodic_task set next_run_at = {now+$2} where name = $1 and next_run_at <= {now}");
+static STUCK_RUNNER: Sql = Sql::new("update runner set last_error = $2 where runner_id = $1");
+static LATEST_COMMAND: Sql = Sql::new(
+    "select command_id, result from command where runner_id = $1 and status = 'succeeded' order by seq desc limit 1",
+);
+static SET_RESULT: Sql = Sql::new("update command set result = $2 where command_id = $1");
 static REAPED: Sql = Sql::new("update orphan_instance set reaped_at = {now} where instance_id = $1");
 
 fn orphan(r: &impl Row) -> Result<OrphanRecord, StoreError> {
@@ -107,6 +125,29 @@ impl<D: Driver> FleetStore for SqlStore<D> {
 
     async fn list_orphans(&self) -> Result<Vec<OrphanRecord>, StoreError> {
         self.driver.conn().await?.fetch_all(&LIST_ORPHANS, vec![]).await?.iter().map(orphan).collect()
+    }
+
+    async fn transitional_runners(&self) -> Result<Vec<RunnerRecord>, StoreError> {
+        rows::runners(&self.driver.conn().await?.fetch_all(&TRANSITIONAL_RUNNERS, vec![]).await?)
+    }
+
+    async fn claim_periodic(&self, name: &str, every: Duration) -> Result<bool, StoreError> {
+        let mut conn = self.driver.conn().await?;
+        conn.execute(&ADD_PERIODIC, args![name]).await?;
+        Ok(conn.execute(&CLAIM_PERIODIC, args![name, every]).await? == 1)
+    }
+
+    async fn flag_stuck(&self, runner_id: &str, message: &str) -> Result<(), StoreError> {
+        let mut tx = self.driver.begin().await?;
+        tx.execute(&STUCK_RUNNER, args![runner_id, message]).await?;
+        if let Some(row) = tx.fetch_optional(&LATEST_COMMAND, args![runner_id]).await? {
+            let mut result = row.opt_json("result")?.unwrap_or_else(|| serde_json::json!({}));
+            if let Some(m) = result.as_object_mut() {
+                m.insert("stuck".into(), serde_json::Value::String(message.to_owned()));
+            }
+            tx.execute(&SET_RESULT, args![row.uuid("command_id")?, result]).await?;
+        }
+        tx.commit().await
     }
 
     async fn mark_reaped(&self, instance_id: &str) -> Result<(), StoreError> {

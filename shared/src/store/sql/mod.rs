@@ -103,6 +103,12 @@ impl From<Option<i32>> for Arg {
 
 impl From<bool> for Arg {
     fn from(v: bool) -> Self {
+        Arg::Bool(Some(v))
+    }
+}
+
+impl From<Option<bool>> for Arg {
+    fn from(v: Option<bool>) -> Self {
         Arg::Bool(v)
     }
 }

@@ -11,18 +11,29 @@ macro_rules! command_columns {
     () => {
         "command_id, seq, action, runner_id, params, status, attempts, max_attempts, last_error, result, \
          requested_by, trace_id, created_at, updated_at, started_at, finished_at, next_attempt_at, \
-         lease_holder, claimed_at, lease_until"
+         lease_holder, claimed_at, lease_until, waiting_for"
     };
 }
 
 macro_rules! runner_columns {
     () => {
         "runner_id, runner_name, instance_type, image_name, s3_output, instance_id, desired_state, \
-         observed_state, last_error, last_heartbeat_at, created_at, updated_at"
+         observed_state, last_error, last_heartbeat_at, observed_at, created_at, updated_at"
     };
 }
 
 pub(crate) use {command_columns, runner_columns};
+
+/// How a command status is stored: waiting is retrying with `waiting_for` set.
+/// Returns the stored status and whether `waiting_for` must be set (or `None`
+/// when it does not matter).
+pub fn stored_status(status: CommandStatus) -> (&'static str, Option<bool>) {
+    match status {
+        CommandStatus::Waiting => (CommandStatus::Retrying.as_str(), Some(true)),
+        CommandStatus::Retrying => (CommandStatus::Retrying.as_str(), Some(false)),
+        other => (other.as_str(), None),
+    }
+}
 
 /// A stored enum value, or why it cannot be read.
 pub fn parsed<T>(what: &str, raw: String, parse: impl FnOnce(&str) -> Option<T>) -> Result<T, StoreError> {
@@ -30,12 +41,18 @@ pub fn parsed<T>(what: &str, raw: String, parse: impl FnOnce(&str) -> Option<T>)
 }
 
 pub fn command(r: &impl Row) -> Result<CommandRecord, StoreError> {
+    let waiting_for = r.opt_text("waiting_for")?;
+    // A waiting command is stored as retrying with what it waits for.
+    let status = match parsed("status", r.text("status")?, CommandStatus::parse)? {
+        CommandStatus::Retrying if waiting_for.is_some() => CommandStatus::Waiting,
+        s => s,
+    };
     Ok(CommandRecord {
         command_id: r.uuid("command_id")?,
         seq: r.int("seq")?,
         action: parsed("action", r.text("action")?, Action::parse)?,
         runner_id: r.opt_text("runner_id")?,
-        status: parsed("status", r.text("status")?, CommandStatus::parse)?,
+        status,
         attempts: r.i32("attempts")?,
         max_attempts: r.i32("max_attempts")?,
         last_error: r.opt_text("last_error")?,
@@ -51,6 +68,7 @@ pub fn command(r: &impl Row) -> Result<CommandRecord, StoreError> {
         lease_holder: r.opt_uuid("lease_holder")?,
         claimed_at: r.opt_time("claimed_at")?,
         lease_until: r.opt_time("lease_until")?,
+        waiting_for,
     })
 }
 
@@ -66,6 +84,7 @@ pub fn runner(r: &impl Row) -> Result<RunnerRecord, StoreError> {
         observed_state: parsed("observed_state", r.text("observed_state")?, ObservedState::parse)?,
         last_error: r.opt_text("last_error")?,
         last_heartbeat_at: r.opt_time("last_heartbeat_at")?,
+        observed_at: r.opt_time("observed_at")?,
         created_at: r.time("created_at")?,
         updated_at: r.time("updated_at")?,
     })
