@@ -99,6 +99,64 @@ impl Default for DatabaseSettings {
     }
 }
 
+/// One token bucket: `burst` tokens at most, refilled at `per_sec`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+pub struct BucketSize {
+    pub burst: f64,
+    pub per_sec: f64,
+}
+
+impl BucketSize {
+    pub const fn new(burst: f64, per_sec: f64) -> Self {
+        Self { burst, per_sec }
+    }
+}
+
+/// The EC2 API's token buckets, as AWS meters each account and Region (the
+/// defaults are AWS's documented sizes; accounts with raised limits raise them).
+/// Kept in the database, so every worker process draws from one budget.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RateSettings {
+    /// Off: EC2 calls are made as fast as commands come.
+    pub enabled: bool,
+    /// Names the AWS account the buckets meter (with the region, the buckets'
+    /// key): deployments sharing an account share a budget.
+    pub account: String,
+    pub run_instances: BucketSize,
+    /// Instances RunInstances may launch (the resource bucket).
+    pub run_instances_resource: BucketSize,
+    pub start_instances: BucketSize,
+    pub terminate_instances: BucketSize,
+    /// Other mutating calls: StopInstances, ModifyInstanceAttribute.
+    pub mutating: BucketSize,
+    /// Filtered or paginated Describe* calls.
+    pub describe: BucketSize,
+    /// The share of the Describe bucket background work (the observer, the
+    /// sweep) may use; the rest is kept for commands.
+    pub background_share: f64,
+    /// After a `RequestLimitExceeded` the refill rate halves; it grows back to
+    /// full over this many seconds.
+    pub recovery_secs: f64,
+}
+
+impl Default for RateSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            account: "default".into(),
+            run_instances: BucketSize::new(5.0, 2.0),
+            run_instances_resource: BucketSize::new(1000.0, 2.0),
+            start_instances: BucketSize::new(5.0, 2.0),
+            terminate_instances: BucketSize::new(100.0, 5.0),
+            mutating: BucketSize::new(50.0, 5.0),
+            describe: BucketSize::new(100.0, 20.0),
+            background_share: 0.5,
+            recovery_secs: 60.0,
+        }
+    }
+}
+
 /// Which cloud adapter runs runners (`GEONEX_CLOUD`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -229,6 +287,8 @@ pub struct Ec2Settings {
     pub allowed_instance_types: Vec<String>,
     /// A minijinja template file replacing the built-in user data.
     pub user_data_template: Option<PathBuf>,
+    /// The EC2 request budget every worker of the deployment shares.
+    pub rate: RateSettings,
 }
 
 impl Default for Ec2Settings {
@@ -247,6 +307,7 @@ impl Default for Ec2Settings {
                 .map(String::from)
                 .collect(),
             user_data_template: None,
+            rate: RateSettings::default(),
         }
     }
 }

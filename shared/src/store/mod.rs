@@ -6,6 +6,7 @@
 //! one transaction. The ports are implemented once, in `sql/`, over a driver:
 //! PostgreSQL (`postgres/`) in production, SQLite (`sqlite/`) embedded.
 
+pub mod budget;
 pub mod commands;
 pub mod containers;
 pub mod email;
@@ -26,8 +27,14 @@ pub use plan::{RunnerChange, plan_runner_command};
 /// Every store port: what one database adapter provides. A `dyn Database`
 /// upcasts to any one of them.
 pub trait Database:
-    Store + users::UserStore + fleet::FleetStore + images::ImageStore + email::EmailStore + usage::UsageStore
+    Store
+    + users::UserStore
+    + fleet::FleetStore
+    + images::ImageStore
+    + email::EmailStore
+    + usage::UsageStore
     + containers::ContainerStore
+    + budget::BudgetStore
 {
 }
 
@@ -39,5 +46,6 @@ impl<T> Database for T where
         + email::EmailStore
         + usage::UsageStore
         + containers::ContainerStore
+        + budget::BudgetStore
 {
 }

@@ -8,6 +8,7 @@ mod harness;
 
 mod raw;
 
+mod budget;
 mod containers;
 mod core;
 mod email;

@@ -62,6 +62,7 @@ fn bind(mut q: Query<'_, Postgres, PgArguments>, args: Vec<Arg>) -> Query<'_, Po
         q = match arg {
             Arg::Text(v) => q.bind(v),
             Arg::Int(v) => q.bind(v),
+            Arg::Float(v) => q.bind(v),
             Arg::Bool(v) => q.bind(v),
             Arg::Uuid(v) => q.bind(v),
             Arg::Time(v) => q.bind(v),
@@ -165,6 +166,9 @@ impl Row for PgRow {
             "INT2" => Ok(get::<Option<i16>>(self, col)?.map(i64::from)),
             _ => get(self, col),
         }
+    }
+    fn float(&self, col: &str) -> Result<f64, StoreError> {
+        get(self, col)
     }
     fn bool(&self, col: &str) -> Result<bool, StoreError> {
         get(self, col)

@@ -12,7 +12,8 @@
 //! | `{now+$N}`, `{now-$N}` | now plus / minus `$N` milliseconds | the same, computed by `strftime` |
 //! | `{for_update}`, `{for_update_of x}` | a row lock | nothing: the write transaction holds the lock |
 //! | `{each $N}` | `unnest($N) as each_(value)` | `json_each($N)` (`select value from {each $1}`) |
-//! | `{greatest}` | `greatest` | `max` (never with NULL arguments) |
+//! | `{greatest}`, `{least}` | `greatest`, `least` | `max`, `min` (never with NULL arguments) |
+//! | `{secs_since x}` | seconds from the time `x` to now | the same, from `julianday` |
 //! | `{agg_texts}`, `{no_texts}` | `array_agg`, an empty array | `json_group_array`, `'[]'` |
 //!
 //! [`SqlStore`]: crate::store::sql::SqlStore
@@ -111,6 +112,10 @@ fn fragment_in(fragment: &str, dialect: Dialect) -> Option<String> {
         ("each", Sqlite) => format!("json_each({arg})"),
         ("greatest", Postgres) => "greatest".to_owned(),
         ("greatest", Sqlite) => "max".to_owned(),
+        ("least", Postgres) => "least".to_owned(),
+        ("least", Sqlite) => "min".to_owned(),
+        ("secs_since", Postgres) => format!("extract(epoch from (now() - {arg}))::float8"),
+        ("secs_since", Sqlite) => format!("((julianday('now') - julianday({arg})) * 86400.0)"),
         ("agg_texts", Postgres) => "array_agg".to_owned(),
         ("agg_texts", Sqlite) => "json_group_array".to_owned(),
         ("no_texts", Postgres) => "'{}'::text[]".to_owned(),
@@ -127,6 +132,7 @@ fn fragment_in(fragment: &str, dialect: Dialect) -> Option<String> {
 pub enum Arg {
     Text(Option<String>),
     Int(Option<i64>),
+    Float(f64),
     Bool(Option<bool>),
     Uuid(Option<Uuid>),
     Time(Option<DateTime<Utc>>),
@@ -174,6 +180,7 @@ pub trait Row: Send + Sync {
     fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError>;
     fn int(&self, col: &str) -> Result<i64, StoreError>;
     fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError>;
+    fn float(&self, col: &str) -> Result<f64, StoreError>;
     fn bool(&self, col: &str) -> Result<bool, StoreError>;
     fn uuid(&self, col: &str) -> Result<Uuid, StoreError>;
     fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>, StoreError>;

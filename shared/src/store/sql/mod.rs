@@ -14,6 +14,7 @@ macro_rules! args {
 }
 
 mod containers;
+mod budget;
 mod core;
 mod driver;
 mod email;
@@ -98,6 +99,12 @@ impl From<Option<i64>> for Arg {
 impl From<Option<i32>> for Arg {
     fn from(v: Option<i32>) -> Self {
         Arg::Int(v.map(i64::from))
+    }
+}
+
+impl From<f64> for Arg {
+    fn from(v: f64) -> Self {
+        Arg::Float(v)
     }
 }
 

@@ -106,6 +106,7 @@ fn bind(mut q: Query<'_, Sqlite, SqliteArguments>, args: Vec<Arg>) -> Query<'_, 
         q = match arg {
             Arg::Text(v) => q.bind(v),
             Arg::Int(v) => q.bind(v),
+            Arg::Float(v) => q.bind(v),
             Arg::Bool(v) => q.bind(v),
             Arg::Uuid(v) => q.bind(v.map(|u| u.hyphenated().to_string())),
             Arg::Time(v) => q.bind(v.map(ts)),
@@ -214,6 +215,9 @@ impl Row for SqliteRow {
         get(self, col)
     }
     fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError> {
+        get(self, col)
+    }
+    fn float(&self, col: &str) -> Result<f64, StoreError> {
         get(self, col)
     }
     fn bool(&self, col: &str) -> Result<bool, StoreError> {

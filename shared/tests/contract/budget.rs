@@ -1,0 +1,109 @@
+//! The budget port: token buckets shared by every worker, taken from atomically.
+
+use std::time::Duration;
+
+use geonex_shared::config::BucketSize;
+use geonex_shared::store::budget::{BudgetStore, Take, Taken};
+use uuid::Uuid;
+
+fn take(bucket: &str, burst: f64, per_sec: f64) -> Take {
+    Take {
+        bucket: bucket.to_owned(),
+        tokens: 1.0,
+        size: BucketSize::new(burst, per_sec),
+        keep: 0.0,
+        reserve: false,
+        recovery: Duration::from_secs(60),
+    }
+}
+
+async fn a_bucket_grants_its_burst_then_denies_with_the_time_to_the_next_token<S: BudgetStore>(store: S) {
+    let t = take(&format!("acct/us-east-1/run-{}", Uuid::new_v4()), 5.0, 2.0);
+    for i in 0..5 {
+        assert_eq!(store.take_tokens(&t).await.unwrap(), Taken::Granted, "take {i} of the burst");
+    }
+    match store.take_tokens(&t).await.unwrap() {
+        Taken::Denied { retry_in } => assert!(retry_in <= Duration::from_millis(520), "{retry_in:?}"),
+        other => panic!("expected a denial, got {other:?}"),
+    }
+    // Half a second refills one token at 2/s.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(store.take_tokens(&t).await.unwrap(), Taken::Granted);
+    let level = store.bucket_level(&t).await.unwrap().unwrap();
+    assert!(level.tokens < 1.0 && level.factor == 1.0, "{level:?}");
+}
+
+async fn reservations_queue_callers_one_refill_apart<S: BudgetStore>(store: S) {
+    let t = Take { reserve: true, ..take(&format!("acct/r/start-{}", Uuid::new_v4()), 2.0, 4.0) };
+    assert_eq!(store.take_tokens(&t).await.unwrap(), Taken::Granted);
+    assert_eq!(store.take_tokens(&t).await.unwrap(), Taken::Granted);
+    let mut waits = Vec::new();
+    for _ in 0..3 {
+        match store.take_tokens(&t).await.unwrap() {
+            Taken::Reserved { ready_in } => waits.push(ready_in.as_secs_f64()),
+            other => panic!("expected a reservation, got {other:?}"),
+        }
+    }
+    // 4 tokens a second: the reservations fall a quarter second apart.
+    for (i, w) in waits.iter().enumerate() {
+        let expected = 0.25 * (i + 1) as f64;
+        assert!((w - expected).abs() < 0.1, "reservation {i}: {w} s, expected about {expected} s ({waits:?})");
+    }
+}
+
+async fn a_keep_leaves_tokens_for_higher_priority_callers<S: BudgetStore>(store: S) {
+    let name = format!("acct/r/describe-{}", Uuid::new_v4());
+    let background = Take { keep: 5.0, ..take(&name, 10.0, 0.001) };
+    let command = take(&name, 10.0, 0.001);
+    let mut granted = 0;
+    while store.take_tokens(&background).await.unwrap() == Taken::Granted {
+        granted += 1;
+        assert!(granted <= 10);
+    }
+    assert_eq!(granted, 5, "background work stops at the kept share");
+    for _ in 0..5 {
+        assert_eq!(store.take_tokens(&command).await.unwrap(), Taken::Granted);
+    }
+    assert!(matches!(store.take_tokens(&command).await.unwrap(), Taken::Denied { .. }));
+}
+
+async fn concurrent_takes_never_overdraw<S: BudgetStore + Clone>(store: S) {
+    let t = take(&format!("acct/r/terminate-{}", Uuid::new_v4()), 6.0, 0.001);
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (store, t) = (store.clone(), t.clone());
+            tokio::spawn(async move { store.take_tokens(&t).await.unwrap() })
+        })
+        .collect();
+    let mut granted = 0;
+    for task in tasks {
+        if task.await.unwrap() == Taken::Granted {
+            granted += 1;
+        }
+    }
+    assert_eq!(granted, 6);
+}
+
+async fn throttling_halves_the_refill_and_it_grows_back<S: BudgetStore>(store: S) {
+    let t = Take { recovery: Duration::from_secs(2), ..take(&format!("acct/r/mutating-{}", Uuid::new_v4()), 50.0, 5.0) };
+    store.take_tokens(&t).await.unwrap();
+    store.throttled(&t).await.unwrap();
+    let after = store.bucket_level(&t).await.unwrap().unwrap();
+    assert!((0.45..=0.55).contains(&after.factor), "{after:?}");
+    store.throttled(&t).await.unwrap();
+    store.throttled(&t).await.unwrap();
+    store.throttled(&t).await.unwrap();
+    store.throttled(&t).await.unwrap();
+    let floor = store.bucket_level(&t).await.unwrap().unwrap();
+    assert!(floor.factor >= 0.1 && floor.factor < 0.2, "{floor:?}");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(store.bucket_level(&t).await.unwrap().unwrap().factor, 1.0, "recovered over the recovery time");
+}
+
+contract!(
+    a_bucket_grants_its_burst_then_denies_with_the_time_to_the_next_token,
+    reservations_queue_callers_one_refill_apart,
+    a_keep_leaves_tokens_for_higher_priority_callers,
+    concurrent_takes_never_overdraw,
+    throttling_halves_the_refill_and_it_grows_back,
+);
