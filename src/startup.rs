@@ -23,6 +23,7 @@ use geonex_worker::cloud::Cloud;
 use geonex_worker::cloud::ec2::Ec2Cloud;
 use geonex_worker::cloud::sim::SimCloud;
 use geonex_worker::cloud::sim_agents::SimAgents;
+use geonex_worker::budget::Budget;
 use geonex_worker::consumer::Worker;
 use geonex_worker::ec2events::InstanceEventIntake;
 use geonex_worker::observer::Observer;
@@ -355,12 +356,14 @@ impl Application {
                 tasks.push(Box::pin(InstanceEventIntake::new(events, ports.db.clone()).run(shutdown.clone())));
             }
             let template = UserDataTemplate::load(settings.ec2.user_data_template.as_deref())?;
+            let budget = Budget::new(ports.db.clone(), settings.ec2.rate.clone(), settings.ec2.region.as_deref());
             let handler = RunnerHandler::new(
                 cloud.clone(),
                 ports.db.clone(),
                 ports.db.clone(),
                 template,
                 AgentEndpoints { api_url: agent_api_url.clone(), queue_url: settings.agent.queue_url.clone() },
+                budget.clone(),
                 Duration::from_secs(settings.worker.instance_wait_secs),
                 Duration::from_millis(settings.worker.instance_poll_ms),
             );
@@ -383,8 +386,8 @@ impl Application {
                 settings.relay.clone(),
                 settings.worker.holder_timeout(),
             );
-            let reconciler = Reconciler::new(cloud.clone(), ports.db.clone(), settings.reconcile.clone());
-            let observer = Observer::new(cloud.clone(), ports.db.clone(), &settings.reconcile);
+            let reconciler = Reconciler::new(cloud.clone(), ports.db.clone(), budget.clone(), settings.reconcile.clone());
+            let observer = Observer::new(cloud.clone(), ports.db.clone(), budget, &settings.reconcile);
             tasks.push(Box::pin(observer.run(shutdown.clone())));
             Some((worker, relay, reconciler))
         } else {

@@ -138,6 +138,17 @@ pub struct RateSettings {
     /// After a `RequestLimitExceeded` the refill rate halves; it grows back to
     /// full over this many seconds.
     pub recovery_secs: f64,
+    /// Multiplies every bucket's burst and refill (an account whose limits were
+    /// raised across the board; test deployments).
+    pub scale: f64,
+}
+
+impl RateSettings {
+    /// A bucket's size with the scale applied.
+    pub fn scaled(&self, b: BucketSize) -> BucketSize {
+        let k = if self.scale > 0.0 { self.scale } else { 1.0 };
+        BucketSize::new(b.burst * k, b.per_sec * k)
+    }
 }
 
 impl Default for RateSettings {
@@ -153,6 +164,7 @@ impl Default for RateSettings {
             describe: BucketSize::new(100.0, 20.0),
             background_share: 0.5,
             recovery_secs: 60.0,
+            scale: 1.0,
         }
     }
 }
@@ -393,6 +405,11 @@ pub struct SimSettings {
     pub container_ms: u64,
     /// Probability (0–1) that a simulated container fails.
     pub container_failure_rate: f64,
+    /// Meter calls with EC2's own token buckets (RunInstances and
+    /// StartInstances 5 / 2 per second, TerminateInstances 100 / 5, other
+    /// mutating calls 50 / 5, filtered Describe* 100 / 20) and answer
+    /// `RequestLimitExceeded` when one is empty, as EC2 does.
+    pub aws_rate_limits: bool,
 }
 
 impl Default for SimSettings {
@@ -408,6 +425,7 @@ impl Default for SimSettings {
             data_interval_secs: 20,
             container_ms: 3_000,
             container_failure_rate: 0.1,
+            aws_rate_limits: false,
         }
     }
 }

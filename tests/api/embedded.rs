@@ -24,7 +24,8 @@ async fn serve(deployment: &Deployment) -> Process {
     }
     for (k, _) in &deployment.env {
         assert!(
-            !["GEONEX_DATABASE_URL", "GEONEX_AMQP_URL", "GEONEX_SMTP_URL"].contains(&k.as_str()) && !k.starts_with("GEONEX_EC2__"),
+            !["GEONEX_DATABASE_URL", "GEONEX_AMQP_URL", "GEONEX_SMTP_URL"].contains(&k.as_str())
+                && (!k.starts_with("GEONEX_EC2__") || k.starts_with("GEONEX_EC2__RATE__")),
             "the embedded deployment configures {k}"
         );
     }

@@ -241,6 +241,9 @@ impl Deployment {
             ("GEONEX_WORKER__LEASE_SECS", "30".into()),
             ("GEONEX_RELAY__INTERVAL_MS", "200".into()),
             ("GEONEX_RELAY__GRACE_MS", "1000".into()),
+            // The EC2 budget is on, with room for the bursts tests make; the
+            // budget tests set real sizes.
+            ("GEONEX_EC2__RATE__SCALE", "1000".into()),
             // Instances are followed, and waiting commands look again, quickly.
             ("GEONEX_RECONCILE__OBSERVE_MIN_MS", "100".into()),
             ("GEONEX_RECONCILE__OBSERVE_MAX_MS", "400".into()),

@@ -7,6 +7,7 @@ mod helpers;
 
 mod agent;
 mod auth;
+mod budget;
 mod describe;
 mod durability;
 mod ec2events;

@@ -288,7 +288,8 @@ impl Inner {
                     _ => None,
                 };
                 tracing::info!(waiting_for = %wait.waiting_for, retry_in_ms = wait.after.as_millis() as u64, "command waiting");
-                let record = || self.store.wait_command(&lease, &wait.waiting_for, next, progress);
+                let reservation = wait.reservation.map(|r| (r.op.as_str(), r.at));
+                let record = || self.store.wait_command(&lease, &wait.waiting_for, next, progress, reservation);
                 if persist(record).await.is_err() {
                     return Settle::Requeue;
                 }

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use geonex_shared::domain::{Action, ObservedState};
 use geonex_shared::store::{CommandRecord, RunnerObservation, RunnerRecord};
 
+use crate::budget::Reservation;
 use crate::retry::HandlerError;
 
 /// A successful command's result.
@@ -35,6 +36,8 @@ pub struct Wait {
     pub after: Duration,
     /// Progress to record on the runner meanwhile (a stop it issued).
     pub runner: Option<RunnerObservation>,
+    /// An EC2 call the command paid for in the budget, to make when it is back.
+    pub reservation: Option<Reservation>,
 }
 
 impl From<Outcome> for Step {

@@ -5,6 +5,7 @@
 //! EC2 state-change event intake, and the on-instance agent (`geonex agent`).
 
 pub mod agent;
+pub mod budget;
 pub mod cloud;
 pub mod consumer;
 pub mod ec2events;

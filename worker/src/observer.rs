@@ -21,6 +21,7 @@ use geonex_shared::domain::ObservedState;
 use geonex_shared::store::fleet::FleetStore;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::{Budget, Op};
 use crate::cloud::Cloud;
 
 const TASK: &str = "instance-observer";
@@ -28,6 +29,7 @@ const TASK: &str = "instance-observer";
 pub struct Observer {
     cloud: Arc<dyn Cloud>,
     fleet: Arc<dyn FleetStore>,
+    budget: Budget,
     min: Duration,
     max: Duration,
     stuck_after: chrono::Duration,
@@ -42,11 +44,12 @@ pub struct Pass {
 }
 
 impl Observer {
-    pub fn new(cloud: Arc<dyn Cloud>, fleet: Arc<dyn FleetStore>, settings: &ReconcileSettings) -> Self {
+    pub fn new(cloud: Arc<dyn Cloud>, fleet: Arc<dyn FleetStore>, budget: Budget, settings: &ReconcileSettings) -> Self {
         let min = Duration::from_millis(settings.observe_min_ms.max(50));
         Self {
             cloud,
             fleet,
+            budget,
             min,
             max: Duration::from_millis(settings.observe_max_ms).max(min),
             stuck_after: chrono::Duration::seconds(i64::try_from(settings.stuck_after_secs).unwrap_or(i64::MAX)),
@@ -98,8 +101,18 @@ impl Observer {
         }
         let ids: Vec<String> = runners.iter().filter_map(|r| r.instance_id.clone()).collect();
         pass.describe_calls = ids.len().div_ceil(crate::cloud::DESCRIBE_BATCH);
-        let seen: HashMap<String, ObservedState> =
-            self.cloud.describe_many(&ids).await.map_err(|e| e.message)?.into_iter().map(|i| (i.instance_id, i.state)).collect();
+        // Background work: it waits for its share of the Describe budget.
+        self.budget.wait_for(Op::DescribeInstances, pass.describe_calls as f64).await?;
+        let described = match self.cloud.describe_many(&ids).await {
+            Ok(d) => d,
+            Err(e) => {
+                if e.is_throttled() {
+                    self.budget.throttled(Op::DescribeInstances).await;
+                }
+                return Err(e.message);
+            }
+        };
+        let seen: HashMap<String, ObservedState> = described.into_iter().map(|i| (i.instance_id, i.state)).collect();
         let now = Utc::now();
         for r in &runners {
             let Some(id) = &r.instance_id else { continue };

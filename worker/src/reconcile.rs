@@ -18,13 +18,17 @@ use geonex_shared::domain::{DesiredState, ObservedState};
 use geonex_shared::store::fleet::FleetStore;
 use tokio_util::sync::CancellationToken;
 
-use crate::cloud::{Cloud, TAG_RUNNER_ID};
+use crate::budget::{Budget, Op};
+use crate::cloud::{Cloud, DESCRIBE_BATCH, TAG_RUNNER_ID};
 
 pub struct Reconciler {
     cloud: Arc<dyn Cloud>,
     fleet: Arc<dyn FleetStore>,
+    budget: Budget,
     settings: ReconcileSettings,
 }
+
+const TASK: &str = "reconcile-sweep";
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +39,8 @@ pub struct Sweep {
 }
 
 impl Reconciler {
-    pub fn new(cloud: Arc<dyn Cloud>, fleet: Arc<dyn FleetStore>, settings: ReconcileSettings) -> Self {
-        Self { cloud, fleet, settings }
+    pub fn new(cloud: Arc<dyn Cloud>, fleet: Arc<dyn FleetStore>, budget: Budget, settings: ReconcileSettings) -> Self {
+        Self { cloud, fleet, budget, settings }
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
@@ -44,7 +48,23 @@ impl Reconciler {
             return;
         }
         let interval = Duration::from_secs(self.settings.interval_secs);
+        // Every worker runs this loop; one sweep per interval runs in the cluster.
+        let every = interval.mul_f32(0.9);
+        let mut check = interval.min(Duration::from_secs(5));
         loop {
+            tokio::select! {
+                _ = tokio::time::sleep(check) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            check = interval.min(Duration::from_secs(5));
+            match self.fleet.claim_periodic(TASK, every).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconciliation: cannot reach the store");
+                    continue;
+                }
+            }
             match self.sweep().await {
                 Ok(s) if s != Sweep::default() => {
                     tracing::info!(changed = s.changed, orphans = s.orphans, reaped = s.reaped, "reconciliation sweep");
@@ -52,32 +72,40 @@ impl Reconciler {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "reconciliation sweep failed"),
             }
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = shutdown.cancelled() => return,
-            }
         }
     }
 
     pub async fn sweep(&self) -> Result<Sweep, String> {
         let mut sweep = Sweep::default();
+        // Background work: it waits for its share of the Describe budget.
+        self.budget.wait_for(Op::DescribeInstances, 1.0).await?;
         let instances = self.cloud.list_fleet_instances().await.map_err(|e| e.to_string())?;
         let runners = self.fleet.runners_to_reconcile().await.map_err(|e| e.to_string())?;
         let by_id: HashMap<&str, _> = instances.iter().map(|i| (i.instance_id.as_str(), i)).collect();
+        // Not among live instances: terminated, or gone from the cloud's memory.
+        // One batched look at all of them.
+        let missing: Vec<String> = runners
+            .iter()
+            .filter_map(|r| r.instance_id.clone())
+            .filter(|id| !by_id.contains_key(id.as_str()))
+            .collect();
+        let mut gone: HashMap<String, ObservedState> = HashMap::new();
+        if !missing.is_empty() {
+            self.budget.wait_for(Op::DescribeInstances, missing.len().div_ceil(DESCRIBE_BATCH) as f64).await?;
+            match self.cloud.describe_many(&missing).await {
+                Ok(found) => gone.extend(found.into_iter().map(|i| (i.instance_id, i.state))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot describe runners' instances");
+                    return Err(e.to_string());
+                }
+            }
+        }
 
         for r in &runners {
             let Some(instance_id) = r.instance_id.as_deref() else { continue };
             let state = match by_id.get(instance_id) {
                 Some(i) => i.state,
-                // Not among live instances: terminated, or gone from the cloud's memory.
-                None => match self.cloud.describe(instance_id).await {
-                    Ok(Some(i)) => i.state,
-                    Ok(None) => ObservedState::Terminated,
-                    Err(e) => {
-                        tracing::warn!(instance_id, error = %e, "cannot describe a runner's instance");
-                        continue;
-                    }
-                },
+                None => gone.get(instance_id).copied().unwrap_or(ObservedState::Terminated),
             };
             if self.fleet.observe_instance(&r.runner_id, instance_id, state).await.map_err(|e| e.to_string())? {
                 tracing::info!(runner_id = %r.runner_id, instance_id, state = state.as_str(), "runner state changed outside the control plane");
@@ -114,6 +142,7 @@ impl Reconciler {
             for o in self.fleet.list_orphans().await.map_err(|e| e.to_string())? {
                 if o.reaped_at.is_none() && o.first_seen_at + grace <= now && seen.contains(o.instance_id.as_str()) {
                     tracing::warn!(instance_id = %o.instance_id, runner_id = ?o.runner_id, "terminating an orphaned instance");
+                    self.budget.wait_for(Op::TerminateInstances, 1.0).await?;
                     self.cloud.terminate(&o.instance_id).await.map_err(|e| e.to_string())?;
                     self.fleet.mark_reaped(&o.instance_id).await.map_err(|e| e.to_string())?;
                     sweep.reaped += 1;

@@ -15,6 +15,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::Utc;
+
 use geonex_shared::domain::{Action, ObservedState};
 use geonex_shared::auth::{TokenKind, mint_token};
 use geonex_shared::store::containers::ContainerStore;
@@ -24,7 +26,8 @@ use serde_json::json;
 
 use async_trait::async_trait;
 
-use crate::cloud::{Cloud, InstanceInfo, LaunchSpec, TAG_COMMAND_ID};
+use crate::budget::{Budget, Op, Priority, Reservation, Spend};
+use crate::cloud::{Cloud, CloudError, InstanceInfo, LaunchSpec, TAG_COMMAND_ID};
 use crate::handler::{Handler, Outcome, Step, Wait};
 use crate::failpoint;
 use crate::retry::HandlerError;
@@ -36,6 +39,7 @@ pub struct RunnerHandler {
     tokens: Arc<dyn ContainerStore>,
     template: UserDataTemplate,
     agent: AgentEndpoints,
+    budget: Budget,
     wait: Duration,
     poll: Duration,
 }
@@ -68,17 +72,45 @@ impl Target {
     }
 }
 
+/// Why a runner command stopped short of its end: it waits (for its instance,
+/// or for the EC2 budget), or it failed.
+enum Halt {
+    Wait(Wait),
+    Fail(HandlerError),
+}
+
+impl From<HandlerError> for Halt {
+    fn from(e: HandlerError) -> Self {
+        Halt::Fail(e)
+    }
+}
+
+impl From<CloudError> for Halt {
+    fn from(e: CloudError) -> Self {
+        Halt::Fail(e.into())
+    }
+}
+
+type Flow<T> = Result<T, Halt>;
+
+/// Throttled anyway: look again in one to three seconds, spread out.
+fn throttle_pause() -> Duration {
+    Duration::from_millis(1000 + rand::random_range(0..2000))
+}
+
 impl RunnerHandler {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cloud: Arc<dyn Cloud>,
         store: Arc<dyn Store>,
         tokens: Arc<dyn ContainerStore>,
         template: UserDataTemplate,
         agent: AgentEndpoints,
+        budget: Budget,
         wait: Duration,
         poll: Duration,
     ) -> Self {
-        Self { cloud, store, tokens, template, agent, wait, poll }
+        Self { cloud, store, tokens, template, agent, budget, wait, poll }
     }
 
     pub fn cloud(&self) -> &Arc<dyn Cloud> {
@@ -121,14 +153,81 @@ impl RunnerHandler {
         Ok(())
     }
 
+    /// Takes the budget for `op` (or finds the command's reservation for it),
+    /// then makes the call. No token: the command waits for one, holding no
+    /// worker. Throttled by EC2 all the same: the bucket's refill shrinks and the
+    /// command looks again shortly; neither spends an attempt.
+    async fn call<T, F, Fut>(&self, cmd: &CommandRecord, op: Op, call: F) -> Flow<T>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, CloudError>>,
+    {
+        self.pay(cmd, &[(op, 1.0)]).await?;
+        match call().await {
+            Err(e) if e.is_throttled() => {
+                tracing::warn!(op = op.as_str(), "EC2 throttled a call the budget allowed; slowing down");
+                self.budget.throttled(op).await;
+                Err(Halt::Wait(Wait {
+                    waiting_for: format!("EC2 throttling ({})", op.as_str()),
+                    after: throttle_pause(),
+                    runner: None,
+                    reservation: None,
+                }))
+            }
+            other => other.map_err(Halt::from),
+        }
+    }
+
+    /// Pays every bucket a call needs (RunInstances needs two). If any of them
+    /// makes the command wait, it waits for the latest, keeping the reservation
+    /// of the first, which is what it will spend when it is back.
+    async fn pay(&self, cmd: &CommandRecord, bills: &[(Op, f64)]) -> Flow<()> {
+        let held = reservation_of(cmd);
+        if let (Some(r), Some((first, _))) = (held, bills.first())
+            && r.op == *first
+        {
+            // Paid for while it waited: only its time must have come.
+            let early = (r.at - Utc::now()).to_std().unwrap_or_default();
+            if early.is_zero() {
+                return Ok(());
+            }
+            let waiting_for = format!("the EC2 request budget ({})", r.op.as_str());
+            return Err(Halt::Wait(Wait { waiting_for, after: early, runner: None, reservation: Some(r) }));
+        }
+        let priority = priority_of(cmd);
+        let mut latest: Option<(Duration, Option<Reservation>)> = None;
+        for (i, (op, tokens)) in bills.iter().enumerate() {
+            let spent = self.budget.spend(*op, *tokens, priority).await.map_err(HandlerError::retryable)?;
+            if let Spend::Later { after, reserved_at } = spent {
+                let reservation = if i == 0 { reserved_at.map(|at| Reservation { op: *op, at }) } else { None };
+                let keep = latest.and_then(|(_, r)| r).or(reservation);
+                let after = latest.map_or(after, |(a, _)| a.max(after));
+                latest = Some((after, keep));
+            }
+        }
+        match latest {
+            None => Ok(()),
+            Some((after, reservation)) => {
+                let what = bills.first().map_or("EC2", |(op, _)| op.as_str());
+                Err(Halt::Wait(Wait {
+                    waiting_for: format!("the EC2 request budget ({what})"),
+                    after,
+                    runner: None,
+                    reservation: reservation.map(|r| Reservation { at: Utc::now() + chrono::Duration::from_std(after).unwrap_or_default(), ..r }),
+                }))
+            }
+        }
+    }
+
     /// The runner's live instances: the recorded one first, then any other carrying
     /// the runner's tag (launched by an attempt whose result was never recorded).
     /// Extra instances beyond the first are terminated: a runner has one instance.
-    async fn live_instance(&self, runner: &RunnerRecord) -> Result<Option<InstanceInfo>, HandlerError> {
-        let mut found = self.cloud.find_runner_instances(&runner.runner_id).await?;
+    async fn live_instance(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Flow<Option<InstanceInfo>> {
+        let mut found =
+            self.call(cmd, Op::DescribeInstances, || self.cloud.find_runner_instances(&runner.runner_id)).await?;
         if let Some(recorded) = &runner.instance_id
             && !found.iter().any(|i| &i.instance_id == recorded)
-            && let Some(i) = self.cloud.describe(recorded).await?
+            && let Some(i) = self.call(cmd, Op::DescribeInstances, || self.cloud.describe(recorded)).await?
             && !i.state.is_gone()
         {
             found.push(i);
@@ -139,12 +238,15 @@ impl RunnerHandler {
         for extra in found {
             tracing::warn!(instance_id = %extra.instance_id, runner_id = %runner.runner_id,
                 command_id = ?extra.tags.get(TAG_COMMAND_ID), "terminating a second instance of one runner");
-            self.cloud.terminate(&extra.instance_id).await?;
+            self.call(cmd, Op::TerminateInstances, || self.cloud.terminate(&extra.instance_id)).await?;
         }
         Ok(primary)
     }
 
-    async fn launch(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Result<InstanceInfo, HandlerError> {
+    async fn launch(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Flow<InstanceInfo> {
+        // Paid for before the agent token is minted: a command waiting for the
+        // budget leaves no token behind.
+        self.pay(cmd, &[(Op::RunInstances, 1.0), (Op::RunInstancesResource, 1.0)]).await?;
         let t = Target::of(cmd, runner)?;
         let spec = LaunchSpec {
             runner_id: runner.runner_id.clone(),
@@ -154,7 +256,18 @@ impl RunnerHandler {
             user_data: self.user_data(cmd, runner).await?,
             client_token: format!("geonex-{}", cmd.command_id),
         };
-        let launched = self.cloud.launch(&spec).await?;
+        let launched = match self.cloud.launch(&spec).await {
+            Err(e) if e.is_throttled() => {
+                self.budget.throttled(Op::RunInstances).await;
+                return Err(Halt::Wait(Wait {
+                    waiting_for: "EC2 throttling (RunInstances)".into(),
+                    after: throttle_pause(),
+                    runner: None,
+                    reservation: None,
+                }));
+            }
+            other => other?,
+        };
         failpoint::hit("after-run-instances").await;
         self.store
             .record_instance(
@@ -170,23 +283,23 @@ impl RunnerHandler {
     /// Looks again later: the instance must get somewhere first. A command that
     /// has waited longer than the instance wait limit fails instead (and is
     /// retried as any failure is).
-    fn wait(&self, cmd: &CommandRecord, waiting_for: String, progress: Option<RunnerObservation>) -> Result<Step, HandlerError> {
-        let waited = cmd.started_at.map(|t| chrono::Utc::now() - t).unwrap_or_default();
+    fn wait(&self, cmd: &CommandRecord, waiting_for: String, progress: Option<RunnerObservation>) -> Flow<Step> {
+        let waited = cmd.started_at.map(|t| Utc::now() - t).unwrap_or_default();
         if waited.to_std().unwrap_or_default() > self.wait {
-            return Err(HandlerError::retryable(format!("gave up after {:?}: {waiting_for}", self.wait)));
+            return Err(HandlerError::retryable(format!("gave up after {:?}: {waiting_for}", self.wait)).into());
         }
-        Ok(Step::Wait(Wait { waiting_for, after: self.poll, runner: progress }))
+        Err(Halt::Wait(Wait { waiting_for, after: self.poll, runner: progress, reservation: None }))
     }
 
-    async fn start(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Result<Step, HandlerError> {
-        let Some(i) = self.live_instance(runner).await? else {
+    async fn start(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Flow<Step> {
+        let Some(i) = self.live_instance(cmd, runner).await? else {
             let i = self.launch(cmd, runner).await?;
             self.retire_tokens(cmd, runner).await?;
             return Ok(done(&i.instance_id, i.state, json!({ "instance_id": i.instance_id, "launched": true, "state": i.state })));
         };
         match i.state {
             ObservedState::Stopped => {
-                self.cloud.start(&i.instance_id).await?;
+                self.call(cmd, Op::StartInstances, || self.cloud.start(&i.instance_id)).await?;
                 Ok(done(&i.instance_id, ObservedState::Pending, json!({ "instance_id": i.instance_id, "started": true })))
             }
             ObservedState::Stopping => {
@@ -199,8 +312,8 @@ impl RunnerHandler {
 
     /// Stop, wait for stopped, new user data, start: each step runs when the
     /// instance allows it, and the command holds no worker in between.
-    async fn restart(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Result<Step, HandlerError> {
-        let Some(i) = self.live_instance(runner).await? else {
+    async fn restart(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Flow<Step> {
+        let Some(i) = self.live_instance(cmd, runner).await? else {
             // Terminated (or never launched): a fresh instance with the new parameters.
             let i = self.launch(cmd, runner).await?;
             self.retire_tokens(cmd, runner).await?;
@@ -210,7 +323,7 @@ impl RunnerHandler {
         let id = &i.instance_id;
         match i.state {
             ObservedState::Running => {
-                self.cloud.stop(id).await?;
+                self.call(cmd, Op::StopInstances, || self.cloud.stop(id)).await?;
                 self.wait(cmd, format!("instance {id} to stop before restarting it"), Some(observation(id, ObservedState::Stopping)))
             }
             ObservedState::Pending => self.wait(cmd, format!("instance {id} to finish booting before restarting it"), None),
@@ -218,6 +331,8 @@ impl RunnerHandler {
                 self.wait(cmd, format!("instance {id} to stop before restarting it"), Some(observation(id, i.state)))
             }
             _ => {
+                // Both calls are paid before the token is minted.
+                self.pay(cmd, &[(Op::StartInstances, 1.0), (Op::ModifyInstanceAttribute, 1.0)]).await?;
                 let user_data = self.user_data(cmd, runner).await?;
                 self.cloud.set_user_data(id, &user_data).await?;
                 self.retire_tokens(cmd, runner).await?;
@@ -227,31 +342,31 @@ impl RunnerHandler {
         }
     }
 
-    async fn stop(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Result<Step, HandlerError> {
-        let Some(i) = self.live_instance(runner).await? else {
+    async fn stop(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Flow<Step> {
+        let Some(i) = self.live_instance(cmd, runner).await? else {
             let note = json!({ "instance_id": null, "note": "runner has no live instance" });
             return Ok(Step::Done(Outcome { result: note, runner: Some(RunnerObservation { instance_id: None, observed: no_instance_state(runner) }) }));
         };
         let id = &i.instance_id;
         match i.state {
             ObservedState::Stopping | ObservedState::Stopped => Ok(done(id, i.state, json!({ "instance_id": id, "state": i.state }))),
-            _ => match self.cloud.stop(id).await {
+            _ => match self.call(cmd, Op::StopInstances, || self.cloud.stop(id)).await {
                 Ok(()) => Ok(done(id, ObservedState::Stopping, json!({ "instance_id": id, "stopping": true }))),
                 // EC2 refuses to stop an instance that is still pending: look again once it runs.
-                Err(e) if e.is_incorrect_state() && i.state == ObservedState::Pending => {
+                Err(Halt::Fail(e)) if e.message.contains("IncorrectInstanceState") && i.state == ObservedState::Pending => {
                     self.wait(cmd, format!("instance {id} to finish booting before stopping it"), None)
                 }
-                Err(e) => Err(e.into()),
+                Err(halt) => Err(halt),
             },
         }
     }
 
-    async fn delete(&self, runner: &RunnerRecord) -> Result<Step, HandlerError> {
-        let Some(i) = self.live_instance(runner).await? else {
+    async fn delete(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Flow<Step> {
+        let Some(i) = self.live_instance(cmd, runner).await? else {
             let note = json!({ "instance_id": runner.instance_id, "note": "no live instance to terminate" });
             return Ok(Step::Done(Outcome { result: note, runner: Some(RunnerObservation { instance_id: None, observed: ObservedState::Terminated }) }));
         };
-        self.cloud.terminate(&i.instance_id).await?;
+        self.call(cmd, Op::TerminateInstances, || self.cloud.terminate(&i.instance_id)).await?;
         // No instance of the runner remains to use any of its tokens.
         self.tokens
             .revoke_agent_tokens(&runner.runner_id, None)
@@ -259,6 +374,19 @@ impl RunnerHandler {
             .map_err(|e| HandlerError::retryable(e.to_string()))?;
         Ok(done(&i.instance_id, ObservedState::ShuttingDown, json!({ "instance_id": i.instance_id, "terminating": true })))
     }
+}
+
+/// Stops and deletes save money: they come first within the budget.
+fn priority_of(cmd: &CommandRecord) -> Priority {
+    match cmd.action {
+        Action::StopRunner | Action::DeleteRunner => Priority::High,
+        _ => Priority::Normal,
+    }
+}
+
+/// The EC2 call the command paid for while it waited, if any.
+fn reservation_of(cmd: &CommandRecord) -> Option<Reservation> {
+    Some(Reservation { op: Op::parse(cmd.budget_op.as_deref()?)?, at: cmd.budget_at? })
 }
 
 #[async_trait]
@@ -271,12 +399,17 @@ impl Handler for RunnerHandler {
         let Some(runner) = runner else {
             return Err(HandlerError::permanent("the command's runner does not exist"));
         };
-        match cmd.action {
+        let flow = match cmd.action {
             Action::StartRunner => self.start(cmd, runner).await,
             Action::RestartRunner => self.restart(cmd, runner).await,
             Action::StopRunner => self.stop(cmd, runner).await,
-            Action::DeleteRunner => self.delete(runner).await,
-            other => Err(HandlerError::permanent(format!("{other} is not a runner action"))),
+            Action::DeleteRunner => self.delete(cmd, runner).await,
+            other => Err(HandlerError::permanent(format!("{other} is not a runner action")).into()),
+        };
+        match flow {
+            Ok(step) => Ok(step),
+            Err(Halt::Wait(wait)) => Ok(Step::Wait(wait)),
+            Err(Halt::Fail(e)) => Err(e),
         }
     }
 

@@ -46,6 +46,10 @@ pub struct CommandRecord {
     pub lease_until: Option<DateTime<Utc>>,
     /// While waiting: what for.
     pub waiting_for: Option<String>,
+    /// An EC2 call the command has paid for in the request budget, and from
+    /// when it may be made.
+    pub budget_op: Option<String>,
+    pub budget_at: Option<DateTime<Utc>>,
 }
 
 impl CommandRecord {
@@ -363,12 +367,14 @@ pub trait Store: Send + Sync + 'static {
     -> Result<(), StoreError>;
     /// Sets a running command to `waiting` until `next_attempt_at` (no attempt is
     /// spent) and records the progress it made on its runner, in one transaction.
+    /// `reservation`: the EC2 call the command paid for, kept for when it is back.
     async fn wait_command(
         &self,
         lease: &Lease,
         waiting_for: &str,
         next_attempt_at: DateTime<Utc>,
         runner: Option<(&str, &RunnerObservation)>,
+        reservation: Option<(&str, DateTime<Utc>)>,
     ) -> Result<(), StoreError>;
     /// Sets a running command to `dead`, and for runner commands records the error
     /// (and, if given, the observed state) on the runner.

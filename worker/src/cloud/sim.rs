@@ -116,6 +116,8 @@ fn journal_of(file: &Path) -> PathBuf {
 /// Calls the simulated cloud answered, by operation.
 #[derive(Debug, Default)]
 pub struct SimCalls {
+    /// Calls answered `RequestLimitExceeded`.
+    pub throttled: AtomicU64,
     pub describe: AtomicU64,
     pub run: AtomicU64,
     pub start: AtomicU64,
@@ -123,7 +125,53 @@ pub struct SimCalls {
     pub terminate: AtomicU64,
 }
 
+/// Which of EC2's request buckets meters a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum SimCall {
+    Run,
+    Start,
+    Terminate,
+    Mutating,
+    Describe,
+}
+
+impl SimCall {
+    /// EC2's documented bucket sizes: burst and refill per second.
+    fn bucket(self) -> (f64, f64) {
+        match self {
+            SimCall::Run | SimCall::Start => (5.0, 2.0),
+            SimCall::Terminate => (100.0, 5.0),
+            SimCall::Mutating => (50.0, 5.0),
+            SimCall::Describe => (100.0, 20.0),
+        }
+    }
+}
+
+/// EC2's token buckets for one account and region, as the simulated cloud meters them.
+#[derive(Debug, Default)]
+struct Meter {
+    buckets: HashMap<SimCall, (f64, std::time::Instant)>,
+}
+
+impl Meter {
+    /// Takes a token if there is one. As on EC2, a refused call does not count.
+    fn take(&mut self, call: SimCall) -> bool {
+        let (burst, rate) = call.bucket();
+        let now = std::time::Instant::now();
+        let (tokens, at) = self.buckets.entry(call).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 pub struct SimCloud {
+    meter: Mutex<Meter>,
     state: Mutex<SimState>,
     file: Option<PathBuf>,
     settings: SimSettings,
@@ -175,6 +223,7 @@ impl SimCloud {
             None => SimState::default(),
         };
         let cloud = Self {
+            meter: Mutex::new(Meter::default()),
             state: Mutex::new(SimState::default()),
             file,
             settings,
@@ -242,13 +291,19 @@ impl SimCloud {
     }
 
     /// Latency and injected faults, before any call.
-    async fn weather(&self, launching: bool) -> Result<(), CloudError> {
+    async fn weather(&self, call: SimCall) -> Result<(), CloudError> {
         let s = &self.settings;
+        let launching = call == SimCall::Run;
         if s.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(s.latency_ms)).await;
         }
+        if s.aws_rate_limits && !self.meter.lock().unwrap_or_else(|e| e.into_inner()).take(call) {
+            self.calls.throttled.fetch_add(1, Ordering::Relaxed);
+            return Err(error(ErrorClass::Retryable, "RequestLimitExceeded", "Request limit exceeded."));
+        }
         let mut rng = rand::rng();
         if rng.random_bool(s.throttle_rate.clamp(0.0, 1.0)) {
+            self.calls.throttled.fetch_add(1, Ordering::Relaxed);
             return Err(error(ErrorClass::Retryable, "RequestLimitExceeded", "simulated throttling"));
         }
         if launching && rng.random_bool(s.capacity_error_rate.clamp(0.0, 1.0)) {
@@ -316,7 +371,7 @@ fn new_instance_id() -> String {
 #[async_trait]
 impl Cloud for SimCloud {
     async fn find_runner_instances(&self, runner_id: &str) -> Result<Vec<InstanceInfo>, CloudError> {
-        self.weather(false).await?;
+        self.weather(SimCall::Describe).await?;
         self.calls.describe.fetch_add(1, Ordering::Relaxed);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Utc::now();
@@ -334,14 +389,14 @@ impl Cloud for SimCloud {
     }
 
     async fn list_fleet_instances(&self) -> Result<Vec<InstanceInfo>, CloudError> {
-        self.weather(false).await?;
+        self.weather(SimCall::Describe).await?;
         self.calls.describe.fetch_add(1, Ordering::Relaxed);
         // One simulated cloud serves one deployment: its whole fleet.
         Ok(self.instances().into_iter().filter(|i| i.state != ObservedState::Terminated).collect())
     }
 
     async fn describe(&self, instance_id: &str) -> Result<Option<InstanceInfo>, CloudError> {
-        self.weather(false).await?;
+        self.weather(SimCall::Describe).await?;
         self.calls.describe.fetch_add(1, Ordering::Relaxed);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Utc::now();
@@ -354,7 +409,7 @@ impl Cloud for SimCloud {
     async fn describe_many(&self, instance_ids: &[String]) -> Result<Vec<InstanceInfo>, CloudError> {
         let mut out = Vec::with_capacity(instance_ids.len());
         for chunk in instance_ids.chunks(DESCRIBE_BATCH) {
-            self.weather(false).await?;
+            self.weather(SimCall::Describe).await?;
             self.calls.describe.fetch_add(1, Ordering::Relaxed);
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let now = Utc::now();
@@ -369,7 +424,7 @@ impl Cloud for SimCloud {
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<InstanceInfo, CloudError> {
-        self.weather(true).await?;
+        self.weather(SimCall::Run).await?;
         self.calls.run.fetch_add(1, Ordering::Relaxed);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Utc::now();
@@ -404,7 +459,7 @@ impl Cloud for SimCloud {
     }
 
     async fn start(&self, instance_id: &str) -> Result<(), CloudError> {
-        self.weather(false).await?;
+        self.weather(SimCall::Start).await?;
         self.calls.start.fetch_add(1, Ordering::Relaxed);
         self.change_instance(instance_id, |i, now| match i.phase {
             Phase::Stopped => {
@@ -421,7 +476,7 @@ impl Cloud for SimCloud {
     }
 
     async fn stop(&self, instance_id: &str) -> Result<(), CloudError> {
-        self.weather(false).await?;
+        self.weather(SimCall::Mutating).await?;
         self.calls.stop.fetch_add(1, Ordering::Relaxed);
         self.change_instance(instance_id, |i, now| match i.phase {
             Phase::Running => {
@@ -438,7 +493,7 @@ impl Cloud for SimCloud {
     }
 
     async fn terminate(&self, instance_id: &str) -> Result<(), CloudError> {
-        self.weather(false).await?;
+        self.weather(SimCall::Terminate).await?;
         self.calls.terminate.fetch_add(1, Ordering::Relaxed);
         self.change_instance(instance_id, |i, now| {
             if !matches!(i.phase, Phase::ShuttingDown | Phase::Terminated) {
@@ -450,7 +505,7 @@ impl Cloud for SimCloud {
     }
 
     async fn set_user_data(&self, instance_id: &str, user_data: &str) -> Result<(), CloudError> {
-        self.weather(false).await?;
+        self.weather(SimCall::Mutating).await?;
         self.change_instance(instance_id, |i, _| {
             if i.phase != Phase::Stopped {
                 return Err(error(ErrorClass::Retryable, "IncorrectInstanceState", "user data changes need a stopped instance"));

@@ -155,7 +155,8 @@ static SUCCEED: Sql = Sql::new(
 );
 static RETRY: Sql = Sql::new(
     "update command set status = 'retrying', last_error = $2, next_attempt_at = $3, lease_until = null, \
-     published_at = null where command_id = $1 and status = 'running' and lease_holder = $4",
+     published_at = null, budget_op = null, budget_at = null \
+     where command_id = $1 and status = 'running' and lease_holder = $4",
 );
 static KILL: Sql = Sql::new(
     "update command set status = 'dead', last_error = $2, finished_at = {now}, lease_until = null, \
@@ -164,7 +165,8 @@ static KILL: Sql = Sql::new(
 );
 static WAIT: Sql = Sql::new(
     "update command set status = 'retrying', waiting_for = $2, next_attempt_at = $3, lease_until = null, \
-     published_at = null where command_id = $1 and status = 'running' and lease_holder = $4",
+     published_at = null, budget_op = $5, budget_at = $6 \
+     where command_id = $1 and status = 'running' and lease_holder = $4",
 );
 static KILL_RUNNER: Sql =
     Sql::new("update runner set last_error = $2, observed_state = coalesce($3, observed_state) where runner_id = $1");
@@ -442,9 +444,12 @@ impl<D: Driver> Store for SqlStore<D> {
         waiting_for: &str,
         next_attempt_at: DateTime<Utc>,
         runner: Option<(&str, &RunnerObservation)>,
+        reservation: Option<(&str, DateTime<Utc>)>,
     ) -> Result<(), StoreError> {
         let mut tx = self.driver.begin().await?;
-        if tx.execute(&WAIT, args![lease.command_id, waiting_for, next_attempt_at, lease.holder]).await? == 0 {
+        let (op, at) = reservation.unzip();
+        let args = args![lease.command_id, waiting_for, next_attempt_at, lease.holder, op, at];
+        if tx.execute(&WAIT, args).await? == 0 {
             return Ok(());
         }
         if let Some((runner_id, obs)) = runner {

@@ -11,7 +11,7 @@ macro_rules! command_columns {
     () => {
         "command_id, seq, action, runner_id, params, status, attempts, max_attempts, last_error, result, \
          requested_by, trace_id, created_at, updated_at, started_at, finished_at, next_attempt_at, \
-         lease_holder, claimed_at, lease_until, waiting_for"
+         lease_holder, claimed_at, lease_until, waiting_for, budget_op, budget_at"
     };
 }
 
@@ -69,6 +69,8 @@ pub fn command(r: &impl Row) -> Result<CommandRecord, StoreError> {
         claimed_at: r.opt_time("claimed_at")?,
         lease_until: r.opt_time("lease_until")?,
         waiting_for,
+        budget_op: r.opt_text("budget_op")?,
+        budget_at: r.opt_time("budget_at")?,
     })
 }
 

@@ -1,0 +1,189 @@
+//! The EC2 request budget: every EC2 call takes its tokens from the account's
+//! buckets in the database before it is made, so all worker processes together
+//! stay within the API's rate limits instead of each finding them by being
+//! throttled.
+//!
+//! The slow buckets (RunInstances, StartInstances) take reservations: a start
+//! that finds the bucket empty pays for the next token the refill brings and
+//! waits for its turn without holding a worker, so a burst of starts launches
+//! at the bucket's own rate, one refill apart, with nobody retrying in vain.
+//! Other calls that find no token wait briefly and try again. Stops and deletes
+//! (they save money) may use the whole Describe bucket, starts leave a tenth of
+//! it, and background work (the observer, the sweep) its configured share.
+//! A `RequestLimitExceeded` still received (other tools share the account)
+//! halves the bucket's refill for a while.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use geonex_shared::config::{BucketSize, RateSettings};
+use geonex_shared::store::budget::{BudgetStore, Take, Taken};
+
+/// The EC2 calls the control plane makes, by the bucket that meters them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    RunInstances,
+    /// The instances a RunInstances launches (a bucket of its own).
+    RunInstancesResource,
+    StartInstances,
+    StopInstances,
+    TerminateInstances,
+    ModifyInstanceAttribute,
+    DescribeInstances,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::RunInstances => "RunInstances",
+            Op::RunInstancesResource => "RunInstances instances",
+            Op::StartInstances => "StartInstances",
+            Op::StopInstances => "StopInstances",
+            Op::TerminateInstances => "TerminateInstances",
+            Op::ModifyInstanceAttribute => "ModifyInstanceAttribute",
+            Op::DescribeInstances => "DescribeInstances",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Op::RunInstances,
+            Op::RunInstancesResource,
+            Op::StartInstances,
+            Op::StopInstances,
+            Op::TerminateInstances,
+            Op::ModifyInstanceAttribute,
+            Op::DescribeInstances,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+    }
+
+    /// The bucket's name and size.
+    fn bucket(self, s: &RateSettings) -> (&'static str, BucketSize) {
+        match self {
+            Op::RunInstances => ("run-instances", s.run_instances),
+            Op::RunInstancesResource => ("run-instances-resource", s.run_instances_resource),
+            Op::StartInstances => ("start-instances", s.start_instances),
+            Op::TerminateInstances => ("terminate-instances", s.terminate_instances),
+            Op::StopInstances | Op::ModifyInstanceAttribute => ("mutating", s.mutating),
+            Op::DescribeInstances => ("describe", s.describe),
+        }
+    }
+
+    /// Calls whose callers queue for the next token rather than retry.
+    fn reserves(self) -> bool {
+        matches!(self, Op::RunInstances | Op::RunInstancesResource | Op::StartInstances)
+    }
+}
+
+/// Whose call it is, for the share of the bucket it may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// Stops and deletes: they save money.
+    High,
+    /// Starts and restarts.
+    Normal,
+    /// The observer and the sweep.
+    Background,
+}
+
+/// What the caller may do.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Spend {
+    /// Make the call now.
+    Now,
+    /// Come back after `after`; with `reserved_at` the tokens are paid for and
+    /// the call may be made from that time on without taking them again.
+    Later { after: Duration, reserved_at: Option<DateTime<Utc>> },
+}
+
+/// A reservation a command holds: the call it paid for and from when.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reservation {
+    pub op: Op,
+    pub at: DateTime<Utc>,
+}
+
+/// The share of a bucket's refill rate the budget counts on.
+const REFILL_MARGIN: f64 = 0.97;
+
+#[derive(Clone)]
+pub struct Budget {
+    store: Arc<dyn BudgetStore>,
+    settings: RateSettings,
+    /// account/region: the buckets' prefix.
+    scope: String,
+}
+
+impl Budget {
+    pub fn new(store: Arc<dyn BudgetStore>, settings: RateSettings, region: Option<&str>) -> Self {
+        let scope = format!("{}/{}", settings.account, region.unwrap_or("default"));
+        Self { store, settings, scope }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.settings.enabled
+    }
+
+    fn take(&self, op: Op, tokens: f64, priority: Priority) -> Take {
+        let (name, size) = op.bucket(&self.settings);
+        let size = self.settings.scaled(size);
+        // A little short of EC2's bucket: our clock and EC2's never agree to the
+        // millisecond, and a call leaves some time after its tokens were taken,
+        // so calls reach EC2 a little bunched up; a call a hair early is a call
+        // throttled. One token of the burst and 3% of the refill are the margin.
+        let burst = if size.burst > 2.0 { size.burst - 1.0 } else { size.burst };
+        let size = BucketSize::new(burst, size.per_sec * REFILL_MARGIN);
+        let keep = match (op, priority) {
+            (Op::DescribeInstances, Priority::Normal) => size.burst * 0.1,
+            (_, Priority::Background) => size.burst * (1.0 - self.settings.background_share.clamp(0.0, 1.0)),
+            _ => 0.0,
+        };
+        Take {
+            bucket: format!("{}/{name}", self.scope),
+            tokens,
+            size,
+            keep,
+            reserve: op.reserves() && priority != Priority::Background,
+            recovery: Duration::from_secs_f64(self.settings.recovery_secs.max(1.0)),
+        }
+    }
+
+    /// Takes the tokens for `tokens` calls (or instances) of `op`.
+    pub async fn spend(&self, op: Op, tokens: f64, priority: Priority) -> Result<Spend, String> {
+        if !self.settings.enabled {
+            return Ok(Spend::Now);
+        }
+        match self.store.take_tokens(&self.take(op, tokens, priority)).await.map_err(|e| e.to_string())? {
+            Taken::Granted => Ok(Spend::Now),
+            Taken::Reserved { ready_in } => {
+                let at = Utc::now() + chrono::Duration::from_std(ready_in).unwrap_or_default();
+                Ok(Spend::Later { after: ready_in, reserved_at: Some(at) })
+            }
+            Taken::Denied { retry_in } => Ok(Spend::Later { after: retry_in.max(Duration::from_millis(50)), reserved_at: None }),
+        }
+    }
+
+    /// For background work: waits in this task until the tokens are there and
+    /// takes them.
+    pub async fn wait_for(&self, op: Op, tokens: f64) -> Result<(), String> {
+        loop {
+            match self.spend(op, tokens, Priority::Background).await? {
+                Spend::Now => return Ok(()),
+                Spend::Later { after, .. } => tokio::time::sleep(after.min(Duration::from_secs(10))).await,
+            }
+        }
+    }
+
+    /// EC2 throttled an `op` call although the budget allowed it.
+    pub async fn throttled(&self, op: Op) {
+        if !self.settings.enabled {
+            return;
+        }
+        if let Err(e) = self.store.throttled(&self.take(op, 0.0, Priority::High)).await {
+            tracing::warn!(error = %e, "could not record the throttling in the EC2 budget");
+        }
+    }
+}
