@@ -106,7 +106,7 @@ async fn stops_go_first_while_a_burst_of_starts_waits_for_the_budget() {
     for r in &running {
         instances.insert(r.clone(), app.wait_runner(r, "running").await["instance_id"].as_str().unwrap().to_owned());
     }
-    let starts: Vec<String> = (0..10).map(|i| id_of_start(i)).collect();
+    let starts: Vec<String> = (0..10).map(|i| unique(&format!("new{i}"))).collect();
     let mut start_ids = Vec::new();
     for r in &starts {
         start_ids.push(id(&app.start_runner(r, "geonex/fire:1.5").await));
@@ -133,10 +133,6 @@ async fn stops_go_first_while_a_burst_of_starts_waits_for_the_budget() {
     // The run bucket was empty: the burst of starts needs seconds; the stops,
     // accepted after it, are done before most of it.
     assert!(last_stop < start_finish[start_finish.len() - 3], "stops {last_stop} vs starts {start_finish:?}");
-}
-
-fn id_of_start(i: usize) -> String {
-    unique(&format!("new{i}"))
 }
 
 #[tokio::test]
