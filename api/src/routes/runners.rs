@@ -69,7 +69,7 @@ pub struct StopOrDeleteRunnerParams {
 
 /// Only approved images may run: refuses unknown, pending and rejected ones.
 async fn ensure_approved(app: &AppState, image: &ImageRef) -> Result<(), ApiError> {
-    let status = app.db.get_image(image.as_str()).await?.map(|i| i.status);
+    let status = app.db.image_status(image.as_str()).await?;
     let why = match status {
         Some(ImageStatus::Approved) => return Ok(()),
         None => "is not registered; register it with /register-image and have an administrator approve it",

@@ -120,6 +120,9 @@ pub trait ImageStore: Send + Sync + 'static {
     /// (when the applicant has an e-mail address).
     async fn decide_image(&self, decision: ImageDecision) -> Result<ImageChange, ImageError>;
     async fn get_image(&self, image_name: &str) -> Result<Option<ImageRecord>, StoreError>;
+    /// Just the image's status (what every start and restart checks): no count
+    /// of the runners using it.
+    async fn image_status(&self, image_name: &str) -> Result<Option<ImageStatus>, StoreError>;
     /// Images ordered by name.
     async fn list_images(&self, q: &ImageQuery) -> Result<Vec<ImageRecord>, StoreError>;
     /// A number that changes whenever an image, or the runners using one, change (for ETags).

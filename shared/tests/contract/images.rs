@@ -101,6 +101,8 @@ async fn register_queues_notices_and_refuses_duplicates<S: ImageStore + Raw>(sto
     let got = store.get_image("geonex/fire:1.5").await.expect("get").expect("image");
     assert_eq!(got.owner, "alice");
     assert_eq!(got.status, ImageStatus::Pending);
+    assert_eq!(store.image_status("geonex/fire:1.5").await.expect("status"), Some(ImageStatus::Pending));
+    assert_eq!(store.image_status("geonex/none:1").await.expect("status"), None);
 }
 
 async fn decisions_notify_the_applicant<S: ImageStore + Raw>(store: S) {

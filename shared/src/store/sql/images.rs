@@ -43,6 +43,7 @@ static FOR_DECISION: Sql = Sql::new(
 static DECIDE: Sql = Sql::new(
     "update image set status = $2, reason = $3, decided_by = $4, decided_at = {now} where image_name = $1",
 );
+static STATUS: Sql = Sql::new("select status from image where image_name = $1");
 static LIST: Sql = Sql::new(concat!(
     image_select!(),
     " where ($1 is null or i.status = $1) and ($2 is null or i.owner = $2) \
@@ -149,6 +150,11 @@ impl<D: Driver> ImageStore for SqlStore<D> {
     async fn get_image(&self, image_name: &str) -> Result<Option<ImageRecord>, StoreError> {
         let row = self.driver.conn().await?.fetch_optional(&IMAGE, args![image_name]).await?;
         row.map(|r| image(&r)).transpose()
+    }
+
+    async fn image_status(&self, image_name: &str) -> Result<Option<ImageStatus>, StoreError> {
+        let row = self.driver.conn().await?.fetch_optional(&STATUS, args![image_name]).await?;
+        row.map(|r| parsed("image status", r.text("status")?, ImageStatus::parse)).transpose()
     }
 
     async fn list_images(&self, q: &ImageQuery) -> Result<Vec<ImageRecord>, StoreError> {
