@@ -67,17 +67,23 @@ fn time_for(missing: f64, t: &Take, factor: f64) -> Duration {
 impl<D: Driver> BudgetStore for SqlStore<D> {
     async fn take_tokens(&self, t: &Take) -> Result<Taken, StoreError> {
         let mut conn = self.driver.conn().await?;
-        conn.execute(&ADD, args![t.bucket.as_str(), t.size.burst]).await?;
-        if let Some(row) = conn.fetch_optional(&TAKE, args_of(t)).await? {
-            let (left, factor) = (row.float("tokens")?, row.float("factor")?);
-            if left >= 0.0 {
-                return Ok(Taken::Granted);
+        // One statement in the common case; a bucket seen for the first time is
+        // created full, once.
+        for _ in 0..2 {
+            if let Some(row) = conn.fetch_optional(&TAKE, args_of(t)).await? {
+                let (left, factor) = (row.float("tokens")?, row.float("factor")?);
+                if left >= 0.0 {
+                    return Ok(Taken::Granted);
+                }
+                return Ok(Taken::Reserved { ready_in: time_for(-left, t, factor) });
             }
-            return Ok(Taken::Reserved { ready_in: time_for(-left, t, factor) });
+            if let Some(row) = conn.fetch_optional(&LEVEL, args_of(t)).await? {
+                let (level, factor) = (row.float("tokens")?, row.float("factor")?);
+                return Ok(Taken::Denied { retry_in: time_for(t.tokens + t.keep - level, t, factor) });
+            }
+            conn.execute(&ADD, args![t.bucket.as_str(), t.size.burst]).await?;
         }
-        let row = conn.fetch_one(&LEVEL, args_of(t)).await?;
-        let (level, factor) = (row.float("tokens")?, row.float("factor")?);
-        Ok(Taken::Denied { retry_in: time_for(t.tokens + t.keep - level, t, factor) })
+        Err(StoreError::NoRow)
     }
 
     async fn throttled(&self, t: &Take) -> Result<(), StoreError> {
