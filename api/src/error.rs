@@ -24,6 +24,9 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    /// Allowed in general, refused by a rule (a spent budget).
+    #[error("{message}")]
+    Refused { code: &'static str, message: String, field: Option<&'static str> },
     #[error("too many failed attempts; try again in {0} seconds")]
     TooManyRequests(u64),
     #[error("{0}")]
@@ -61,7 +64,7 @@ impl ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::Refused { .. } => StatusCode::FORBIDDEN,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -76,7 +79,8 @@ impl ApiError {
             ApiError::Field(f) => (f.code, Some(&f.field)),
             ApiError::NotFound { code, field, .. }
             | ApiError::Conflict { code, field, .. }
-            | ApiError::Unprocessable { code, field, .. } => (code, *field),
+            | ApiError::Unprocessable { code, field, .. }
+            | ApiError::Refused { code, field, .. } => (code, *field),
             ApiError::Unauthorized(_) => ("unauthorized", None),
             ApiError::Forbidden(_) => ("forbidden", None),
             ApiError::TooManyRequests(_) => ("too_many_requests", None),

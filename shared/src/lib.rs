@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod cost;
 pub mod dispatch;
 pub mod domain;
 pub mod error;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use geonex::startup::Role as AppRole;
 use geonex_shared::config::BucketSize;
-use geonex_shared::store::budget::Take;
+use geonex_shared::store::rate::Take;
 use serde_json::Value;
 
 use crate::helpers::{Mode, PrivateMoto, Process, TestApp, TestConfig, spawn_app_with, unique};

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use geonex_shared::config::{BucketSize, RateSettings};
-use geonex_shared::store::budget::{BudgetStore, Take, Taken};
+use geonex_shared::store::rate::{RateStore, Take, Taken};
 
 /// The EC2 calls the control plane makes, by the bucket that meters them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,14 +111,14 @@ const REFILL_MARGIN: f64 = 0.97;
 
 #[derive(Clone)]
 pub struct Budget {
-    store: Arc<dyn BudgetStore>,
+    store: Arc<dyn RateStore>,
     settings: RateSettings,
     /// account/region: the buckets' prefix.
     scope: String,
 }
 
 impl Budget {
-    pub fn new(store: Arc<dyn BudgetStore>, settings: RateSettings, region: Option<&str>) -> Self {
+    pub fn new(store: Arc<dyn RateStore>, settings: RateSettings, region: Option<&str>) -> Self {
         let scope = format!("{}/{}", settings.account, region.unwrap_or("default"));
         Self { store, settings, scope }
     }

@@ -43,6 +43,8 @@ fn builtin(kind: EmailKind, part: &str) -> &'static str {
         EmailKind::ImageRegistered => t!("image_registered"),
         EmailKind::ImageApproved => t!("image_approved"),
         EmailKind::ImageRejected => t!("image_rejected"),
+        EmailKind::BudgetWarning => t!("budget_warning"),
+        EmailKind::BudgetExceeded => t!("budget_exceeded"),
     }
 }
 

@@ -8,7 +8,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use geonex_shared::domain::{ImageRef, InstanceId, InstanceType, RunnerId, RunnerName, S3Uri};
 use geonex_shared::store::images::ImageStatus;
-use geonex_shared::store::{NewRunnerCommand, RunnerRequest};
+use geonex_shared::cost::PurchaseOption;
+use geonex_shared::error::FieldError;
+use geonex_shared::store::{NewRunnerCommand, RunnerOptions, RunnerRequest};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -43,6 +45,13 @@ pub struct StartRunnerParams {
     /// Client-chosen runner id (1–128 of `A-Za-z0-9._-`).
     runner_id: String,
     runner_name: String,
+    /// `on-demand` (default), `spot`, or `spot-or-on-demand` (spot, on-demand when spot capacity is short).
+    purchase_option: Option<String>,
+    /// Comma-separated instance types tried in order when EC2 has no capacity for `instance_type`.
+    fallback_instance_types: Option<String>,
+    /// Stop the runner when no container has started for this long: seconds, or with
+    /// `m`, `h` or `d` (at least 60 s); never while a container runs.
+    idle_stop_after: Option<String>,
 }
 
 #[derive(Deserialize, IntoParams, ToSchema)]
@@ -65,6 +74,71 @@ pub struct StopOrDeleteRunnerParams {
     runner_id: String,
     /// Optional; informational.
     runner_name: Option<String>,
+}
+
+/// The fallback types: comma-separated, each an allowed instance type, at most five.
+fn fallback_types(app: &AppState, v: &str) -> Result<Vec<InstanceType>, FieldError> {
+    let field = "fallback_instance_types";
+    let types = v
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            let parsed = InstanceType::parse(t).map_err(|e| FieldError::invalid(field, e.message))?;
+            app.instance_types.check(&parsed).map_err(|e| FieldError::invalid(field, e.message))?;
+            Ok(parsed)
+        })
+        .collect::<Result<Vec<_>, FieldError>>()?;
+    if types.len() > 5 {
+        return Err(FieldError::invalid(field, "names at most 5 instance types"));
+    }
+    Ok(types)
+}
+
+/// `idle_stop_after`: seconds, or a number with `m`, `h` or `d`; 60 s to 30 days.
+fn idle_secs(v: &str) -> Result<i64, FieldError> {
+    let bad = || FieldError::invalid("idle_stop_after", "must be a duration such as 900, 30m, 2h or 1d (60 s to 30 days)");
+    let (number, unit) = match v.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&v[..i], c),
+        _ => (v, 's'),
+    };
+    let n: i64 = number.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        's' => n,
+        'm' => n.checked_mul(60).ok_or_else(bad)?,
+        'h' => n.checked_mul(3600).ok_or_else(bad)?,
+        'd' => n.checked_mul(86_400).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    if !(60..=30 * 86_400).contains(&secs) {
+        return Err(bad());
+    }
+    Ok(secs)
+}
+
+/// A start or restart of a runner whose owner's (or image's) budget is spent
+/// this month is refused, naming the budget.
+async fn ensure_within_budget(app: &AppState, caller: &str, runner_id: &str, image: &str) -> Result<(), ApiError> {
+    // A runner draws on its owner's budget: the caller's for a new one.
+    let owner = match app.db.get_runner(runner_id).await? {
+        Some(r) => r.owner.unwrap_or_else(|| caller.to_owned()),
+        None => caller.to_owned(),
+    };
+    let (_, month) = geonex_shared::cost::month_of(chrono::Utc::now());
+    let spent = app.db.exceeded_budgets(&owner, image, &month).await?;
+    let Some(b) = spent.first() else { return Ok(()) };
+    Err(ApiError::Refused {
+        code: "budget_exceeded",
+        message: format!(
+            "the monthly budget {} of {} {} (${:.2}) is spent for {month} (${:.2}); raise it or wait for the month to end",
+            b.budget_id,
+            b.scope.as_str(),
+            b.subject,
+            b.monthly_usd,
+            b.spent_usd
+        ),
+        field: Some("budget"),
+    })
 }
 
 /// Only approved images may run: refuses unknown, pending and rejected ones.
@@ -126,6 +200,7 @@ async fn submit(
     responses(
         (status = 202, description = "Command accepted", body = Accepted),
         (status = 400, description = "A parameter is missing or malformed", body = ErrorBody),
+        (status = 403, description = "The owner's or the image's monthly budget is spent (`budget_exceeded`)", body = ErrorBody),
         (status = 409, description = "The runner exists with other parameters, or was deleted", body = ErrorBody),
         (status = 422, description = "The image is not approved", body = ErrorBody),
     ))]
@@ -141,8 +216,22 @@ pub async fn start_runner(
     let s3_output = params.parse("s3_output", S3Uri::parse)?;
     let runner_id = params.parse("runner_id", RunnerId::parse)?;
     let runner_name = params.parse("runner_name", RunnerName::parse)?;
+    let options = RunnerOptions {
+        purchase_option: params
+            .parse_opt("purchase_option", |v| {
+                PurchaseOption::parse(v)
+                    .ok_or_else(|| FieldError::invalid("purchase_option", "must be on-demand, spot or spot-or-on-demand"))
+            })?
+            .unwrap_or_default(),
+        fallback_instance_types: params
+            .parse_opt("fallback_instance_types", |v| fallback_types(&app, v))?
+            .unwrap_or_default(),
+        idle_stop_after_secs: params.parse_opt("idle_stop_after", idle_secs)?,
+    };
     ensure_approved(&app, &image_name).await?;
-    submit(&app, &caller, &headers, runner_id, RunnerRequest::Start { instance_type, image_name, s3_output, runner_name }).await
+    ensure_within_budget(&app, caller.label.as_str(), runner_id.as_str(), image_name.as_str()).await?;
+    let request = RunnerRequest::Start { instance_type, image_name, s3_output, runner_name, options };
+    submit(&app, &caller, &headers, runner_id, request).await
 }
 
 #[utoipa::path(method(get, post), path = "/restart-runner", tag = "runners", security(("bearer" = [])),
@@ -152,6 +241,7 @@ pub async fn start_runner(
         (status = 202, description = "Command accepted", body = Accepted),
         (status = 400, description = "A parameter is missing or malformed", body = ErrorBody),
         (status = 404, description = "Unknown runner", body = ErrorBody),
+        (status = 403, description = "The owner's or the image's monthly budget is spent (`budget_exceeded`)", body = ErrorBody),
         (status = 409, description = "The instance is not the runner's, or the runner was deleted", body = ErrorBody),
         (status = 422, description = "The image is not approved", body = ErrorBody),
     ))]
@@ -167,6 +257,7 @@ pub async fn restart_runner(
     let runner_id = params.parse("runner_id", RunnerId::parse)?;
     let runner_name = params.parse("runner_name", RunnerName::parse)?;
     ensure_approved(&app, &image_name).await?;
+    ensure_within_budget(&app, caller.label.as_str(), runner_id.as_str(), image_name.as_str()).await?;
     submit(&app, &caller, &headers, runner_id, RunnerRequest::Restart { instance_id, image_name, s3_output, runner_name }).await
 }
 
@@ -188,7 +279,7 @@ pub async fn stop_runner(
     let instance_id = params.parse("instance_id", InstanceId::parse)?;
     let runner_id = params.parse("runner_id", RunnerId::parse)?;
     let runner_name = params.parse_opt("runner_name", RunnerName::parse)?;
-    submit(&app, &caller, &headers, runner_id, RunnerRequest::Stop { instance_id, runner_name }).await
+    submit(&app, &caller, &headers, runner_id, RunnerRequest::Stop { instance_id, runner_name, reason: None }).await
 }
 
 #[utoipa::path(method(get, post), path = "/delete-runner", tag = "runners", security(("bearer" = [])),

@@ -13,6 +13,7 @@ use crate::domain::{
     Action, CommandStatus, DesiredState, ImageRef, InstanceId, InstanceType, ObservedState, RunnerId,
     RunnerName, S3Uri,
 };
+use crate::cost::PurchaseOption;
 use crate::error::FieldError;
 use crate::message::CommandMessage;
 
@@ -81,16 +82,42 @@ pub struct RunnerRecord {
     /// When the observation behind `observed_state` was made: how long a
     /// runner has been pending, stopping or shutting down.
     pub observed_at: Option<DateTime<Utc>>,
+    /// Who started it (the requester of its first start): whose budget it draws on.
+    pub owner: Option<String>,
+    pub purchase_option: PurchaseOption,
+    pub fallback_instance_types: Vec<String>,
+    pub idle_stop_after_secs: Option<i64>,
+    /// What its current instance really is, when not what was asked (a
+    /// fallback type; on-demand after a spot shortage).
+    pub launched_instance_type: Option<String>,
+    pub launched_purchase_option: Option<PurchaseOption>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// How a new runner is bought and kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunnerOptions {
+    pub purchase_option: PurchaseOption,
+    /// Tried in order when EC2 has no capacity for the runner's type.
+    pub fallback_instance_types: Vec<InstanceType>,
+    /// Stopped when no container has started for this long (never while one runs).
+    pub idle_stop_after_secs: Option<i64>,
 }
 
 /// A validated runner action as the API accepted it.
 #[derive(Debug, Clone)]
 pub enum RunnerRequest {
-    Start { instance_type: InstanceType, image_name: ImageRef, s3_output: S3Uri, runner_name: RunnerName },
+    Start {
+        instance_type: InstanceType,
+        image_name: ImageRef,
+        s3_output: S3Uri,
+        runner_name: RunnerName,
+        options: RunnerOptions,
+    },
     Restart { instance_id: InstanceId, image_name: ImageRef, s3_output: S3Uri, runner_name: RunnerName },
-    Stop { instance_id: InstanceId, runner_name: Option<RunnerName> },
+    /// `reason`: why the control plane stops it on its own (`idle`, `budget`).
+    Stop { instance_id: InstanceId, runner_name: Option<RunnerName>, reason: Option<String> },
     Delete { instance_id: InstanceId, runner_name: Option<RunnerName> },
 }
 
@@ -108,11 +135,16 @@ impl RunnerRequest {
     pub fn params(&self, runner_id: &RunnerId) -> RunnerParams {
         let mut p = RunnerParams { runner_id: runner_id.to_string(), ..RunnerParams::default() };
         match self {
-            RunnerRequest::Start { instance_type, image_name, s3_output, runner_name } => {
+            RunnerRequest::Start { instance_type, image_name, s3_output, runner_name, options } => {
                 p.instance_type = Some(instance_type.to_string());
                 p.image_name = Some(image_name.to_string());
                 p.s3_output = Some(s3_output.to_string());
                 p.runner_name = Some(runner_name.to_string());
+                if *options != RunnerOptions::default() {
+                    p.purchase_option = Some(options.purchase_option);
+                    p.fallback_instance_types = options.fallback_instance_types.iter().map(|t| t.to_string()).collect();
+                    p.idle_stop_after_secs = options.idle_stop_after_secs;
+                }
             }
             RunnerRequest::Restart { instance_id, image_name, s3_output, runner_name } => {
                 p.instance_id = Some(instance_id.to_string());
@@ -120,7 +152,12 @@ impl RunnerRequest {
                 p.s3_output = Some(s3_output.to_string());
                 p.runner_name = Some(runner_name.to_string());
             }
-            RunnerRequest::Stop { instance_id, runner_name } | RunnerRequest::Delete { instance_id, runner_name } => {
+            RunnerRequest::Stop { instance_id, runner_name, reason } => {
+                p.instance_id = Some(instance_id.to_string());
+                p.runner_name = runner_name.as_ref().map(|n| n.to_string());
+                p.reason = reason.clone();
+            }
+            RunnerRequest::Delete { instance_id, runner_name } => {
                 p.instance_id = Some(instance_id.to_string());
                 p.runner_name = runner_name.as_ref().map(|n| n.to_string());
             }
@@ -145,6 +182,15 @@ pub struct RunnerParams {
     /// The instance the request named (restart, stop, delete).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purchase_option: Option<PurchaseOption>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_instance_types: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_stop_after_secs: Option<i64>,
+    /// Why the control plane stops a runner on its own (`idle`, `budget`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl RunnerParams {
@@ -354,6 +400,14 @@ pub trait Store: Send + Sync + 'static {
     /// Progress recorded mid-command (an instance was launched), so a crash after it
     /// loses nothing.
     async fn record_instance(&self, runner_id: &str, obs: &RunnerObservation) -> Result<(), StoreError>;
+    /// As `record_instance`, for a launch: also what the instance is billed as.
+    async fn record_launch(
+        &self,
+        runner_id: &str,
+        obs: &RunnerObservation,
+        instance_type: &str,
+        purchase_option: PurchaseOption,
+    ) -> Result<(), StoreError>;
     /// Completes a command and, for runner commands, records the runner's new state,
     /// in one transaction.
     async fn succeed_command(

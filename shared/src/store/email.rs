@@ -22,11 +22,21 @@ pub enum EmailKind {
     ImageApproved,
     /// To the applicant: their image was rejected.
     ImageRejected,
+    /// To a budget's owner and the administrators: 80% of it is spent.
+    BudgetWarning,
+    /// To a budget's owner and the administrators: it is spent; runners stop.
+    BudgetExceeded,
 }
 
 impl EmailKind {
-    pub const ALL: [EmailKind; 4] =
-        [EmailKind::ImageNotice, EmailKind::ImageRegistered, EmailKind::ImageApproved, EmailKind::ImageRejected];
+    pub const ALL: [EmailKind; 6] = [
+        EmailKind::ImageNotice,
+        EmailKind::ImageRegistered,
+        EmailKind::ImageApproved,
+        EmailKind::ImageRejected,
+        EmailKind::BudgetWarning,
+        EmailKind::BudgetExceeded,
+    ];
 
     /// The template set's name.
     pub fn as_str(self) -> &'static str {
@@ -35,6 +45,8 @@ impl EmailKind {
             EmailKind::ImageRegistered => "image_registered",
             EmailKind::ImageApproved => "image_approved",
             EmailKind::ImageRejected => "image_rejected",
+            EmailKind::BudgetWarning => "budget_warning",
+            EmailKind::BudgetExceeded => "budget_exceeded",
         }
     }
 }

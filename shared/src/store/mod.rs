@@ -6,9 +6,10 @@
 //! one transaction. The ports are implemented once, in `sql/`, over a driver:
 //! PostgreSQL (`postgres/`) in production, SQLite (`sqlite/`) embedded.
 
-pub mod budget;
+pub mod rate;
 pub mod commands;
 pub mod containers;
+pub mod cost;
 pub mod email;
 pub mod fleet;
 pub mod error;
@@ -34,7 +35,8 @@ pub trait Database:
     + email::EmailStore
     + usage::UsageStore
     + containers::ContainerStore
-    + budget::BudgetStore
+    + rate::RateStore
+    + cost::CostStore
 {
 }
 
@@ -46,6 +48,7 @@ impl<T> Database for T where
         + email::EmailStore
         + usage::UsageStore
         + containers::ContainerStore
-        + budget::BudgetStore
+        + rate::RateStore
+        + cost::CostStore
 {
 }

@@ -2,13 +2,19 @@
 //! Pure logic, called by store adapters inside their transaction.
 
 use crate::domain::DesiredState;
-use crate::store::commands::{RunnerRecord, RunnerRequest, SubmitError};
+use crate::store::commands::{RunnerOptions, RunnerRecord, RunnerRequest, SubmitError};
 
 /// The runner row a command writes when it is accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunnerChange {
     /// A new runner, nothing launched yet.
-    Create { runner_name: String, instance_type: String, image_name: String, s3_output: String },
+    Create {
+        runner_name: String,
+        instance_type: String,
+        image_name: String,
+        s3_output: String,
+        options: RunnerOptions,
+    },
     /// An existing runner gets a new desired state and, for restarts, new parameters.
     Update {
         desired: DesiredState,
@@ -25,12 +31,15 @@ pub fn plan_runner_command(
 ) -> Result<RunnerChange, SubmitError> {
     let Some(runner) = existing else {
         return match request {
-            RunnerRequest::Start { instance_type, image_name, s3_output, runner_name } => Ok(RunnerChange::Create {
-                runner_name: runner_name.to_string(),
-                instance_type: instance_type.to_string(),
-                image_name: image_name.to_string(),
-                s3_output: s3_output.to_string(),
-            }),
+            RunnerRequest::Start { instance_type, image_name, s3_output, runner_name, options } => {
+                Ok(RunnerChange::Create {
+                    runner_name: runner_name.to_string(),
+                    instance_type: instance_type.to_string(),
+                    image_name: image_name.to_string(),
+                    s3_output: s3_output.to_string(),
+                    options: options.clone(),
+                })
+            }
             _ => Err(SubmitError::RunnerNotFound(runner_id.to_owned())),
         };
     };
@@ -54,10 +63,14 @@ pub fn plan_runner_command(
         }
     };
     match request {
-        RunnerRequest::Start { instance_type, image_name, s3_output, runner_name } => {
+        RunnerRequest::Start { instance_type, image_name, s3_output, runner_name, options } => {
+            let fallbacks: Vec<String> = options.fallback_instance_types.iter().map(|t| t.to_string()).collect();
             let same = runner.instance_type == instance_type.as_str()
                 && runner.image_name == image_name.as_str()
-                && runner.s3_output == s3_output.to_string();
+                && runner.s3_output == s3_output.to_string()
+                && runner.purchase_option == options.purchase_option
+                && runner.fallback_instance_types == fallbacks
+                && runner.idle_stop_after_secs == options.idle_stop_after_secs;
             if !same {
                 return Err(SubmitError::Conflict {
                     code: "runner_exists",
@@ -120,6 +133,12 @@ mod tests {
             last_error: None,
             last_heartbeat_at: None,
             observed_at: None,
+            owner: None,
+            purchase_option: Default::default(),
+            fallback_instance_types: Vec::new(),
+            idle_stop_after_secs: None,
+            launched_instance_type: None,
+            launched_purchase_option: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }
@@ -131,11 +150,12 @@ mod tests {
             image_name: ImageRef::parse(image).unwrap(),
             s3_output: S3Uri::parse("s3://geonex/out").unwrap(),
             runner_name: RunnerName::parse("Production").unwrap(),
+            options: Default::default(),
         }
     }
 
     fn stop(instance: &str) -> RunnerRequest {
-        RunnerRequest::Stop { instance_id: InstanceId::parse(instance).unwrap(), runner_name: None }
+        RunnerRequest::Stop { instance_id: InstanceId::parse(instance).unwrap(), runner_name: None, reason: None }
     }
 
     #[test]

@@ -23,11 +23,12 @@ pub fn start(image: &str) -> RunnerRequest {
         image_name: ImageRef::parse(image).unwrap(),
         s3_output: S3Uri::parse("s3://geonex/out").unwrap(),
         runner_name: RunnerName::parse("Production").unwrap(),
+        options: Default::default(),
     }
 }
 
 pub fn stop(instance: &str) -> RunnerRequest {
-    RunnerRequest::Stop { instance_id: InstanceId::parse(instance).unwrap(), runner_name: None }
+    RunnerRequest::Stop { instance_id: InstanceId::parse(instance).unwrap(), runner_name: None, reason: None }
 }
 
 pub fn delete(instance: &str) -> RunnerRequest {

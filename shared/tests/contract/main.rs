@@ -8,9 +8,10 @@ mod harness;
 
 mod raw;
 
-mod budget;
+mod rate;
 mod containers;
 mod core;
+mod cost;
 mod email;
 mod fleet;
 mod images;

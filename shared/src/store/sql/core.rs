@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::cost::PurchaseOption;
 use crate::domain::{CommandStatus, ObservedState};
 use crate::store::sql::rows::{self, command_columns, runner_columns};
 use crate::store::sql::{Conn, Driver, Row, Sql, SqlStore};
@@ -28,8 +29,9 @@ static RUNNER_FOR_UPDATE: Sql =
 /// A concurrent first start of the same runner wins; this one re-plans
 /// against the row it created.
 static INSERT_RUNNER: Sql = Sql::new(
-    "insert into runner (runner_id, runner_name, instance_type, image_name, s3_output, desired_state, observed_state) \
-     values ($1, $2, $3, $4, $5, 'running', 'requested') on conflict (runner_id) do nothing",
+    "insert into runner (runner_id, runner_name, instance_type, image_name, s3_output, desired_state, observed_state, \
+     owner, purchase_option, fallback_instance_types, idle_stop_after_secs) \
+     values ($1, $2, $3, $4, $5, 'running', 'requested', $6, $7, $8, $9) on conflict (runner_id) do nothing",
 );
 static UPDATE_RUNNER_DESIRED: Sql = Sql::new(
     "update runner set desired_state = $2, runner_name = coalesce($3, runner_name), \
@@ -145,6 +147,10 @@ static LIST_WORKERS: Sql =
 static RECORD_INSTANCE: Sql = Sql::new(
     "update runner set instance_id = coalesce($2, instance_id), observed_state = $3 where runner_id = $1",
 );
+static RECORD_LAUNCH: Sql = Sql::new(
+    "update runner set instance_id = coalesce($2, instance_id), observed_state = $3, \
+     launched_instance_type = $4, launched_purchase_option = $5 where runner_id = $1",
+);
 static SUCCEED_RUNNER: Sql = Sql::new(
     "update runner set instance_id = coalesce($2, instance_id), observed_state = $3, last_error = null \
      where runner_id = $1",
@@ -226,8 +232,19 @@ impl<D: Driver> SqlStore<D> {
             Err(e) => return Ok(Attempt::Done(Err(e))),
         };
         match change {
-            RunnerChange::Create { runner_name, instance_type, image_name, s3_output } => {
-                let args = args![runner_id, runner_name, instance_type, image_name, s3_output];
+            RunnerChange::Create { runner_name, instance_type, image_name, s3_output, options } => {
+                let fallbacks: Vec<String> = options.fallback_instance_types.iter().map(|t| t.to_string()).collect();
+                let args = args![
+                    runner_id,
+                    runner_name,
+                    instance_type,
+                    image_name,
+                    s3_output,
+                    &cmd.requested_by,
+                    options.purchase_option.as_str(),
+                    fallbacks.join(","),
+                    options.idle_stop_after_secs,
+                ];
                 if tx.execute(&INSERT_RUNNER, args).await? == 0 {
                     return Ok(Attempt::Raced);
                 }
@@ -407,6 +424,18 @@ impl<D: Driver> Store for SqlStore<D> {
     async fn record_instance(&self, runner_id: &str, obs: &RunnerObservation) -> Result<(), StoreError> {
         let args = args![runner_id, &obs.instance_id, obs.observed.as_str()];
         self.driver.conn().await?.execute(&RECORD_INSTANCE, args).await?;
+        Ok(())
+    }
+
+    async fn record_launch(
+        &self,
+        runner_id: &str,
+        obs: &RunnerObservation,
+        instance_type: &str,
+        purchase_option: PurchaseOption,
+    ) -> Result<(), StoreError> {
+        let args = args![runner_id, &obs.instance_id, obs.observed.as_str(), instance_type, purchase_option.as_str()];
+        self.driver.conn().await?.execute(&RECORD_LAUNCH, args).await?;
         Ok(())
     }
 

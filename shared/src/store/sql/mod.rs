@@ -14,8 +14,9 @@ macro_rules! args {
 }
 
 mod containers;
-mod budget;
+mod rate;
 mod core;
+mod cost;
 mod driver;
 mod email;
 mod fleet;

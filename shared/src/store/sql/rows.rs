@@ -1,6 +1,7 @@
 //! Records from rows, for the tables several ports read: commands and runners.
 //! Each port module decodes its own tables the same way, once, through [`Row`].
 
+use crate::cost::PurchaseOption;
 use crate::domain::{Action, CommandStatus, DesiredState, ObservedState};
 use crate::store::sql::Row;
 use crate::store::commands::{CommandRecord, RunnerRecord};
@@ -18,7 +19,8 @@ macro_rules! command_columns {
 macro_rules! runner_columns {
     () => {
         "runner_id, runner_name, instance_type, image_name, s3_output, instance_id, desired_state, \
-         observed_state, last_error, last_heartbeat_at, observed_at, created_at, updated_at"
+         observed_state, last_error, last_heartbeat_at, observed_at, created_at, updated_at, owner, purchase_option, \
+         fallback_instance_types, idle_stop_after_secs, launched_instance_type, launched_purchase_option"
     };
 }
 
@@ -87,6 +89,20 @@ pub fn runner(r: &impl Row) -> Result<RunnerRecord, StoreError> {
         last_error: r.opt_text("last_error")?,
         last_heartbeat_at: r.opt_time("last_heartbeat_at")?,
         observed_at: r.opt_time("observed_at")?,
+        owner: r.opt_text("owner")?,
+        purchase_option: parsed("purchase_option", r.text("purchase_option")?, PurchaseOption::parse)?,
+        fallback_instance_types: r
+            .text("fallback_instance_types")?
+            .split(',')
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        idle_stop_after_secs: r.opt_int("idle_stop_after_secs")?,
+        launched_instance_type: r.opt_text("launched_instance_type")?,
+        launched_purchase_option: r
+            .opt_text("launched_purchase_option")?
+            .map(|p| parsed("launched_purchase_option", p, PurchaseOption::parse))
+            .transpose()?,
         created_at: r.time("created_at")?,
         updated_at: r.time("updated_at")?,
     })

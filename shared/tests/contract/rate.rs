@@ -1,9 +1,9 @@
-//! The budget port: token buckets shared by every worker, taken from atomically.
+//! The rate port: token buckets shared by every worker, taken from atomically.
 
 use std::time::Duration;
 
 use geonex_shared::config::BucketSize;
-use geonex_shared::store::budget::{BudgetStore, Take, Taken};
+use geonex_shared::store::rate::{RateStore, Take, Taken};
 use uuid::Uuid;
 
 fn take(bucket: &str, burst: f64, per_sec: f64) -> Take {
@@ -17,7 +17,7 @@ fn take(bucket: &str, burst: f64, per_sec: f64) -> Take {
     }
 }
 
-async fn a_bucket_grants_its_burst_then_denies_with_the_time_to_the_next_token<S: BudgetStore>(store: S) {
+async fn a_bucket_grants_its_burst_then_denies_with_the_time_to_the_next_token<S: RateStore>(store: S) {
     let t = take(&format!("acct/us-east-1/run-{}", Uuid::new_v4()), 5.0, 2.0);
     for i in 0..5 {
         assert_eq!(store.take_tokens(&t).await.unwrap(), Taken::Granted, "take {i} of the burst");
@@ -33,7 +33,7 @@ async fn a_bucket_grants_its_burst_then_denies_with_the_time_to_the_next_token<S
     assert!(level.tokens < 1.0 && level.factor == 1.0, "{level:?}");
 }
 
-async fn reservations_queue_callers_one_refill_apart<S: BudgetStore>(store: S) {
+async fn reservations_queue_callers_one_refill_apart<S: RateStore>(store: S) {
     let t = Take { reserve: true, ..take(&format!("acct/r/start-{}", Uuid::new_v4()), 2.0, 4.0) };
     assert_eq!(store.take_tokens(&t).await.unwrap(), Taken::Granted);
     assert_eq!(store.take_tokens(&t).await.unwrap(), Taken::Granted);
@@ -51,7 +51,7 @@ async fn reservations_queue_callers_one_refill_apart<S: BudgetStore>(store: S) {
     }
 }
 
-async fn a_keep_leaves_tokens_for_higher_priority_callers<S: BudgetStore>(store: S) {
+async fn a_keep_leaves_tokens_for_higher_priority_callers<S: RateStore>(store: S) {
     let name = format!("acct/r/describe-{}", Uuid::new_v4());
     let background = Take { keep: 5.0, ..take(&name, 10.0, 0.001) };
     let command = take(&name, 10.0, 0.001);
@@ -67,7 +67,7 @@ async fn a_keep_leaves_tokens_for_higher_priority_callers<S: BudgetStore>(store:
     assert!(matches!(store.take_tokens(&command).await.unwrap(), Taken::Denied { .. }));
 }
 
-async fn concurrent_takes_never_overdraw<S: BudgetStore + Clone>(store: S) {
+async fn concurrent_takes_never_overdraw<S: RateStore + Clone>(store: S) {
     let t = take(&format!("acct/r/terminate-{}", Uuid::new_v4()), 6.0, 0.001);
     let tasks: Vec<_> = (0..20)
         .map(|_| {
@@ -84,7 +84,7 @@ async fn concurrent_takes_never_overdraw<S: BudgetStore + Clone>(store: S) {
     assert_eq!(granted, 6);
 }
 
-async fn throttling_halves_the_refill_and_it_grows_back<S: BudgetStore>(store: S) {
+async fn throttling_halves_the_refill_and_it_grows_back<S: RateStore>(store: S) {
     let t = Take { recovery: Duration::from_secs(2), ..take(&format!("acct/r/mutating-{}", Uuid::new_v4()), 50.0, 5.0) };
     store.take_tokens(&t).await.unwrap();
     store.throttled(&t).await.unwrap();

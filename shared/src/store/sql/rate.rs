@@ -1,10 +1,10 @@
-//! The budget port: token buckets refilled and taken from in one statement each.
+//! The rate port: token buckets refilled and taken from in one statement each.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::store::budget::{BucketLevel, BudgetStore, Take, Taken};
+use crate::store::rate::{BucketLevel, RateStore, Take, Taken};
 use crate::store::error::StoreError;
 use crate::store::sql::{Conn, Driver, Row, Sql, SqlStore};
 
@@ -64,7 +64,7 @@ fn time_for(missing: f64, t: &Take, factor: f64) -> Duration {
 }
 
 #[async_trait]
-impl<D: Driver> BudgetStore for SqlStore<D> {
+impl<D: Driver> RateStore for SqlStore<D> {
     async fn take_tokens(&self, t: &Take) -> Result<Taken, StoreError> {
         let mut conn = self.driver.conn().await?;
         // One statement in the common case; a bucket seen for the first time is

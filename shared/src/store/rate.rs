@@ -1,4 +1,4 @@
-//! The budget port: token buckets in the database that every worker process
+//! The rate port (the EC2 request budget): token buckets in the database that every worker process
 //! draws from before it calls EC2, so the cluster as a whole stays within the
 //! account's API rate limits.
 
@@ -45,7 +45,7 @@ pub struct BucketLevel {
 }
 
 #[async_trait]
-pub trait BudgetStore: Send + Sync + 'static {
+pub trait RateStore: Send + Sync + 'static {
     /// Takes tokens in one atomic step, after refilling the bucket for the
     /// time since it last changed.
     async fn take_tokens(&self, take: &Take) -> Result<Taken, StoreError>;
