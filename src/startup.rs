@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use geonex_api::AppState;
 use geonex_api::auth::LoginThrottle;
 use geonex_shared::config::{CloudChoice, Settings};
+use geonex_shared::cost::PriceTable;
 use geonex_shared::dispatch::Dispatcher;
 use geonex_shared::domain::InstanceTypePolicy;
 use geonex_shared::queue::Queue;
@@ -25,6 +26,7 @@ use geonex_worker::cloud::sim::SimCloud;
 use geonex_worker::cloud::sim_agents::SimAgents;
 use geonex_worker::budget::Budget;
 use geonex_worker::consumer::Worker;
+use geonex_worker::costs::CostKeeper;
 use geonex_worker::ec2events::InstanceEventIntake;
 use geonex_worker::observer::Observer;
 use geonex_worker::reconcile::Reconciler;
@@ -35,6 +37,7 @@ use geonex_worker::mailer::smtp::SmtpMailer;
 use geonex_worker::relay::Relay;
 use geonex_worker::runner::{AgentEndpoints, RunnerHandler};
 use geonex_worker::s3events::EventIntake;
+use geonex_worker::spot::Relauncher;
 use geonex_worker::s3usage::{S3UsageHandler, ScanScheduler, Scanner};
 use geonex_worker::storage::ObjectStore;
 use geonex_worker::storage::folder::FolderObjectStore;
@@ -317,6 +320,11 @@ impl Application {
         let agent_api_url = agent_api_url(&settings, sim.is_some(), local);
 
         let mut tasks: Vec<Task> = Vec::new();
+        let prices = Arc::new(
+            PriceTable::load(settings.cost.prices_file.as_deref()).map_err(anyhow::Error::msg).context("GEONEX_COST__PRICES_FILE")?,
+        );
+        // Interrupted spot runners get a new instance, whoever sees the old one go.
+        let relauncher = Relauncher::new(ports.db.clone(), settings.worker.max_attempts);
         let worker = if role.worker() {
             if let Some(sim) = sim.filter(|_| settings.sim.agents) {
                 if agent_api_url.is_none() {
@@ -353,7 +361,7 @@ impl Application {
             if let Some(url) = settings.reconcile.ec2_events_queue()? {
                 let s = &settings.s3usage;
                 let events = Arc::new(SqsEventQueue::new(aws, s.endpoint_url.as_deref(), url, s.sqs_wait_secs));
-                tasks.push(Box::pin(InstanceEventIntake::new(events, ports.db.clone()).run(shutdown.clone())));
+                tasks.push(Box::pin(InstanceEventIntake::new(events, ports.db.clone(), relauncher.clone()).run(shutdown.clone())));
             }
             let template = UserDataTemplate::load(settings.ec2.user_data_template.as_deref())?;
             let budget = Budget::new(ports.db.clone(), settings.ec2.rate.clone(), settings.ec2.region.as_deref());
@@ -386,8 +394,23 @@ impl Application {
                 settings.relay.clone(),
                 settings.worker.holder_timeout(),
             );
-            let reconciler = Reconciler::new(cloud.clone(), ports.db.clone(), budget.clone(), settings.reconcile.clone());
-            let observer = Observer::new(cloud.clone(), ports.db.clone(), budget, &settings.reconcile);
+            let reconciler = Reconciler::new(
+                cloud.clone(),
+                ports.db.clone(),
+                budget.clone(),
+                relauncher.clone(),
+                settings.reconcile.clone(),
+            );
+            let observer = Observer::new(cloud.clone(), ports.db.clone(), budget, relauncher, &settings.reconcile);
+            let keeper = CostKeeper::new(
+                ports.db.clone(),
+                dispatcher.clone(),
+                prices.clone(),
+                settings.price_region(),
+                Duration::from_secs(settings.cost.check_interval_secs),
+                settings.worker.max_attempts,
+            );
+            tasks.push(Box::pin(keeper.run(shutdown.clone())));
             tasks.push(Box::pin(observer.run(shutdown.clone())));
             Some((worker, relay, reconciler))
         } else {
@@ -409,6 +432,8 @@ impl Application {
                 max_attempts: settings.worker.max_attempts,
                 holder_timeout: settings.worker.holder_timeout(),
                 stuck_after: Duration::from_secs(settings.reconcile.stuck_after_secs),
+                prices: prices.clone(),
+                price_region: settings.price_region(),
                 cloud_label: cloud.describe_self(),
                 usage_settings: settings.s3usage.clone(),
                 usage_extra_outputs: extra_outputs.clone(),

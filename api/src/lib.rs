@@ -30,7 +30,7 @@ use geonex_shared::domain::Role;
 
 use crate::auth::Access;
 use crate::error::ApiError;
-use crate::routes::{containers, describe, email, images, ops, runners, usage, users};
+use crate::routes::{containers, costs, describe, email, images, ops, runners, usage, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -38,7 +38,7 @@ use crate::routes::{containers, describe, email, images, ops, runners, usage, us
     paths(
         runners::start_runner, runners::restart_runner, runners::stop_runner, runners::delete_runner,
         describe::describe_runners, describe::describe_commands, describe::describe_command, describe::describe_orphans,
-        describe::describe_workers,
+        describe::describe_workers, costs::describe_costs, costs::set_budget, costs::describe_budgets,
         users::register_user, users::describe_users, users::login, users::logout,
         images::register_image, images::approve_image, images::reject_image, images::describe_images,
         email::send_email,
@@ -100,6 +100,9 @@ pub fn routes() -> Vec<RouteSpec> {
         route("/runner-events", &["POST"], Agent, post(containers::runner_events)),
         route("/describe-orphans", &["GET"], operator, get(describe::describe_orphans)),
         route("/describe-workers", &["GET"], operator, get(describe::describe_workers)),
+        route("/describe-costs", &["GET"], operator, get(costs::describe_costs)),
+        route("/set-budget", &["POST"], admin, post(costs::set_budget)),
+        route("/describe-budgets", &["GET"], operator, get(costs::describe_budgets)),
         route("/get-s3-usage", GET_POST, user, get(usage::get_s3_usage).post(usage::get_s3_usage)),
         route("/replay-command", &["POST"], admin, post(ops::replay_command)),
         route("/register-user", &["POST"], Registration, post(users::register_user)),

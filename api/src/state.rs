@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use geonex_shared::config::{ApiSettings, AuthSettings, S3UsageSettings};
+use geonex_shared::cost::PriceTable;
 use geonex_shared::dispatch::Dispatcher;
 use geonex_shared::domain::InstanceTypePolicy;
 use geonex_shared::store::Database;
@@ -29,6 +30,9 @@ pub struct AppState {
     pub holder_timeout: Duration,
     /// A runner transitional for longer than this shows `stuck`.
     pub stuck_after: Duration,
+    /// What instances cost, and the region their prices are looked up in.
+    pub prices: Arc<PriceTable>,
+    pub price_region: String,
     /// What the cloud adapter is, shown by `/readyz`.
     pub cloud_label: String,
     pub usage_settings: S3UsageSettings,

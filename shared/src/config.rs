@@ -58,6 +58,7 @@ pub struct Settings {
     pub email: EmailSettings,
     pub agent: AgentSettings,
     pub log: LogSettings,
+    pub cost: CostSettings,
 }
 
 impl Default for Settings {
@@ -82,7 +83,33 @@ impl Default for Settings {
             email: EmailSettings::default(),
             agent: AgentSettings::default(),
             log: LogSettings::default(),
+            cost: CostSettings::default(),
         }
+    }
+}
+
+/// What runners cost and what stops them: prices, budgets' checks, idle auto-stop.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct CostSettings {
+    /// A TOML price table (the shipped one's layout) laid over the shipped prices.
+    pub prices_file: Option<PathBuf>,
+    /// The region prices are looked up in; unset: `ec2.region`, else `us-east-1`.
+    pub region: Option<String>,
+    /// How often budgets are checked and idle runners stopped (0: never).
+    pub check_interval_secs: u64,
+}
+
+impl Default for CostSettings {
+    fn default() -> Self {
+        Self { prices_file: None, region: None, check_interval_secs: 60 }
+    }
+}
+
+impl Settings {
+    /// The region runners' prices come from.
+    pub fn price_region(&self) -> String {
+        self.cost.region.clone().or_else(|| self.ec2.region.clone()).unwrap_or_else(|| "us-east-1".into())
     }
 }
 
@@ -410,6 +437,10 @@ pub struct SimSettings {
     /// mutating calls 50 / 5, filtered Describe* 100 / 20) and answer
     /// `RequestLimitExceeded` when one is empty, as EC2 does.
     pub aws_rate_limits: bool,
+    /// Probability of a spot launch failing for want of spot capacity.
+    pub spot_capacity_error_rate: f64,
+    /// Instance types the simulated cloud has no capacity for at all.
+    pub short_instance_types: Vec<String>,
 }
 
 impl Default for SimSettings {
@@ -426,6 +457,8 @@ impl Default for SimSettings {
             container_ms: 3_000,
             container_failure_rate: 0.1,
             aws_rate_limits: false,
+            spot_capacity_error_rate: 0.0,
+            short_instance_types: Vec::new(),
         }
     }
 }

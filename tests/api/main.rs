@@ -8,6 +8,7 @@ mod helpers;
 mod agent;
 mod auth;
 mod budget;
+mod cost;
 mod describe;
 mod durability;
 mod ec2events;

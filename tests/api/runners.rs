@@ -225,6 +225,7 @@ async fn a_second_instance_of_one_runner_found_in_the_cloud_is_terminated(mode: 
             instance_type: "t3.micro".into(),
             user_data: "#!/bin/sh\n".into(),
             client_token: unique("by-hand"),
+            spot: false,
         })
         .await
         .unwrap()

@@ -23,6 +23,7 @@ use geonex_shared::store::fleet::{EventOutcome, FleetStore, InstanceEvent};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::spot::Relauncher;
 use crate::storage::{EventQueue, StorageError};
 
 pub const DETAIL_TYPE: &str = "EC2 Instance State-change Notification";
@@ -81,6 +82,7 @@ fn ec2_state(name: &str) -> Option<ObservedState> {
 pub struct InstanceEventIntake {
     queue: Arc<dyn EventQueue>,
     fleet: Arc<dyn FleetStore>,
+    relauncher: Relauncher,
 }
 
 /// What one batch did, for logs and tests.
@@ -99,8 +101,8 @@ pub struct Batch {
 }
 
 impl InstanceEventIntake {
-    pub fn new(queue: Arc<dyn EventQueue>, fleet: Arc<dyn FleetStore>) -> Self {
-        Self { queue, fleet }
+    pub fn new(queue: Arc<dyn EventQueue>, fleet: Arc<dyn FleetStore>, relauncher: Relauncher) -> Self {
+        Self { queue, fleet, relauncher }
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
@@ -183,6 +185,7 @@ impl InstanceEventIntake {
                                 "runner state changed (EC2 event)"
                             );
                             batch.applied += 1;
+                            self.relauncher.after_event(&runner_id, &event.instance_id, event.state).await;
                         }
                         EventOutcome::Unchanged { .. } => batch.unchanged += 1,
                         EventOutcome::Stale { runner_id, current } => {

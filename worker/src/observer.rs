@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::budget::{Budget, Op};
 use crate::cloud::Cloud;
+use crate::spot::Relauncher;
 
 const TASK: &str = "instance-observer";
 
@@ -30,6 +31,7 @@ pub struct Observer {
     cloud: Arc<dyn Cloud>,
     fleet: Arc<dyn FleetStore>,
     budget: Budget,
+    relauncher: Relauncher,
     min: Duration,
     max: Duration,
     stuck_after: chrono::Duration,
@@ -44,12 +46,19 @@ pub struct Pass {
 }
 
 impl Observer {
-    pub fn new(cloud: Arc<dyn Cloud>, fleet: Arc<dyn FleetStore>, budget: Budget, settings: &ReconcileSettings) -> Self {
+    pub fn new(
+        cloud: Arc<dyn Cloud>,
+        fleet: Arc<dyn FleetStore>,
+        budget: Budget,
+        relauncher: Relauncher,
+        settings: &ReconcileSettings,
+    ) -> Self {
         let min = Duration::from_millis(settings.observe_min_ms.max(50));
         Self {
             cloud,
             fleet,
             budget,
+            relauncher,
             min,
             max: Duration::from_millis(settings.observe_max_ms).max(min),
             stuck_after: chrono::Duration::seconds(i64::try_from(settings.stuck_after_secs).unwrap_or(i64::MAX)),
@@ -120,7 +129,10 @@ impl Observer {
             let state = seen.get(id).copied().unwrap_or(ObservedState::Terminated);
             if state != r.observed_state {
                 match self.fleet.observe_instance(&r.runner_id, id, state).await {
-                    Ok(true) => pass.changed += 1,
+                    Ok(true) => {
+                        pass.changed += 1;
+                        self.relauncher.after(r, id, state).await;
+                    }
                     Ok(false) => {}
                     Err(e) => return Err(e.to_string()),
                 }

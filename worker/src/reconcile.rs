@@ -20,11 +20,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::budget::{Budget, Op};
 use crate::cloud::{Cloud, DESCRIBE_BATCH, TAG_RUNNER_ID};
+use crate::spot::Relauncher;
 
 pub struct Reconciler {
     cloud: Arc<dyn Cloud>,
     fleet: Arc<dyn FleetStore>,
     budget: Budget,
+    relauncher: Relauncher,
     settings: ReconcileSettings,
 }
 
@@ -39,8 +41,14 @@ pub struct Sweep {
 }
 
 impl Reconciler {
-    pub fn new(cloud: Arc<dyn Cloud>, fleet: Arc<dyn FleetStore>, budget: Budget, settings: ReconcileSettings) -> Self {
-        Self { cloud, fleet, budget, settings }
+    pub fn new(
+        cloud: Arc<dyn Cloud>,
+        fleet: Arc<dyn FleetStore>,
+        budget: Budget,
+        relauncher: Relauncher,
+        settings: ReconcileSettings,
+    ) -> Self {
+        Self { cloud, fleet, budget, relauncher, settings }
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
@@ -110,6 +118,7 @@ impl Reconciler {
             if self.fleet.observe_instance(&r.runner_id, instance_id, state).await.map_err(|e| e.to_string())? {
                 tracing::info!(runner_id = %r.runner_id, instance_id, state = state.as_str(), "runner state changed outside the control plane");
                 sweep.changed += 1;
+                self.relauncher.after(r, instance_id, state).await;
             }
         }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
+use geonex_shared::cost::PurchaseOption;
 use geonex_shared::domain::{Action, ObservedState};
 use geonex_shared::auth::{TokenKind, mint_token};
 use geonex_shared::store::containers::ContainerStore;
@@ -243,41 +244,72 @@ impl RunnerHandler {
         Ok(primary)
     }
 
-    async fn launch(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Flow<InstanceInfo> {
-        // Paid for before the agent token is minted: a command waiting for the
-        // budget leaves no token behind.
-        self.pay(cmd, &[(Op::RunInstances, 1.0), (Op::RunInstancesResource, 1.0)]).await?;
+    /// Launches the runner's instance: its type and purchase option first,
+    /// then, on a capacity error, on-demand instead of spot (for
+    /// `spot-or-on-demand`) and the fallback types in order. Each try is a
+    /// RunInstances of its own, paid for in the budget, with a client token of
+    /// its own; the instance that launched is recorded with what it is billed as.
+    async fn launch(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Flow<Launched> {
         let t = Target::of(cmd, runner)?;
-        let spec = LaunchSpec {
-            runner_id: runner.runner_id.clone(),
-            runner_name: t.runner_name,
-            command_id: cmd.command_id.to_string(),
-            instance_type: t.instance_type,
-            user_data: self.user_data(cmd, runner).await?,
-            client_token: format!("geonex-{}", cmd.command_id),
+        let mut types = vec![t.instance_type.clone()];
+        types.extend(runner.fallback_instance_types.iter().filter(|f| **f != t.instance_type).cloned());
+        let markets: &[bool] = match runner.purchase_option {
+            PurchaseOption::OnDemand => &[false],
+            PurchaseOption::Spot => &[true],
+            PurchaseOption::SpotOrOnDemand => &[true, false],
         };
-        let launched = match self.cloud.launch(&spec).await {
-            Err(e) if e.is_throttled() => {
-                self.budget.throttled(Op::RunInstances).await;
-                return Err(Halt::Wait(Wait {
-                    waiting_for: "EC2 throttling (RunInstances)".into(),
-                    after: throttle_pause(),
-                    runner: None,
-                    reservation: None,
-                }));
+        let mut fallbacks = Vec::new();
+        let mut tries = 0;
+        for instance_type in &types {
+            for &spot in markets {
+                // Paid for before the agent token is minted: a command waiting
+                // for the budget leaves no token behind.
+                self.pay(cmd, &[(Op::RunInstances, 1.0), (Op::RunInstancesResource, 1.0)]).await?;
+                let spec = LaunchSpec {
+                    runner_id: runner.runner_id.clone(),
+                    runner_name: t.runner_name.clone(),
+                    command_id: cmd.command_id.to_string(),
+                    instance_type: instance_type.clone(),
+                    user_data: self.user_data(cmd, runner).await?,
+                    client_token: match tries {
+                        0 => format!("geonex-{}", cmd.command_id),
+                        n => format!("geonex-{}-{n}", cmd.command_id),
+                    },
+                    spot,
+                };
+                tries += 1;
+                let purchase = if spot { PurchaseOption::Spot } else { PurchaseOption::OnDemand };
+                let info = match self.cloud.launch(&spec).await {
+                    Ok(info) => info,
+                    Err(e) if e.is_throttled() => {
+                        self.budget.throttled(Op::RunInstances).await;
+                        return Err(Halt::Wait(Wait {
+                            waiting_for: "EC2 throttling (RunInstances)".into(),
+                            after: throttle_pause(),
+                            runner: None,
+                            reservation: None,
+                        }));
+                    }
+                    Err(e) if e.is_capacity() => {
+                        tracing::warn!(instance_type = %instance_type, purchase = purchase.as_str(), error = %e, "no capacity; trying the next option");
+                        fallbacks.push(json!({ "instance_type": instance_type, "purchase_option": purchase, "error": e.message }));
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                failpoint::hit("after-run-instances").await;
+                let obs = RunnerObservation { instance_id: Some(info.instance_id.clone()), observed: info.state };
+                self.store
+                    .record_launch(&runner.runner_id, &obs, instance_type, purchase)
+                    .await
+                    .map_err(|e| HandlerError::retryable(e.to_string()))?;
+                tracing::info!(instance_id = %info.instance_id, instance_type = %instance_type, purchase = purchase.as_str(), "instance launched");
+                return Ok(Launched { info, instance_type: instance_type.clone(), purchase, fallbacks });
             }
-            other => other?,
-        };
-        failpoint::hit("after-run-instances").await;
-        self.store
-            .record_instance(
-                &runner.runner_id,
-                &RunnerObservation { instance_id: Some(launched.instance_id.clone()), observed: launched.state },
-            )
-            .await
-            .map_err(|e| HandlerError::retryable(e.to_string()))?;
-        tracing::info!(instance_id = %launched.instance_id, "instance launched");
-        Ok(launched)
+        }
+        // Every type and option is short: a capacity error, retried with backoff.
+        let tried: Vec<String> = fallbacks.iter().map(|f| f["error"].as_str().unwrap_or("").to_owned()).collect();
+        Err(HandlerError::retryable(format!("no capacity for any option: {}", tried.join("; "))).into())
     }
 
     /// Looks again later: the instance must get somewhere first. A command that
@@ -293,9 +325,9 @@ impl RunnerHandler {
 
     async fn start(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Flow<Step> {
         let Some(i) = self.live_instance(cmd, runner).await? else {
-            let i = self.launch(cmd, runner).await?;
+            let l = self.launch(cmd, runner).await?;
             self.retire_tokens(cmd, runner).await?;
-            return Ok(done(&i.instance_id, i.state, json!({ "instance_id": i.instance_id, "launched": true, "state": i.state })));
+            return Ok(done(&l.info.instance_id, l.info.state, l.result(json!({}))));
         };
         match i.state {
             ObservedState::Stopped => {
@@ -315,10 +347,9 @@ impl RunnerHandler {
     async fn restart(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Flow<Step> {
         let Some(i) = self.live_instance(cmd, runner).await? else {
             // Terminated (or never launched): a fresh instance with the new parameters.
-            let i = self.launch(cmd, runner).await?;
+            let l = self.launch(cmd, runner).await?;
             self.retire_tokens(cmd, runner).await?;
-            let result = json!({ "instance_id": i.instance_id, "launched": true, "replaced": runner.instance_id });
-            return Ok(done(&i.instance_id, i.state, result));
+            return Ok(done(&l.info.instance_id, l.info.state, l.result(json!({ "replaced": runner.instance_id }))));
         };
         let id = &i.instance_id;
         match i.state {
@@ -373,6 +404,34 @@ impl RunnerHandler {
             .await
             .map_err(|e| HandlerError::retryable(e.to_string()))?;
         Ok(done(&i.instance_id, ObservedState::ShuttingDown, json!({ "instance_id": i.instance_id, "terminating": true })))
+    }
+}
+
+/// What a launch made, and the options it tried first.
+struct Launched {
+    info: InstanceInfo,
+    instance_type: String,
+    purchase: PurchaseOption,
+    fallbacks: Vec<serde_json::Value>,
+}
+
+impl Launched {
+    /// The command's result: what was launched, and why not what was asked.
+    fn result(&self, extra: serde_json::Value) -> serde_json::Value {
+        let mut r = json!({
+            "instance_id": self.info.instance_id,
+            "launched": true,
+            "state": self.info.state,
+            "instance_type": self.instance_type,
+            "purchase_option": self.purchase,
+        });
+        if !self.fallbacks.is_empty() {
+            r["fell_back_from"] = json!(self.fallbacks);
+        }
+        if let (Some(r), serde_json::Value::Object(extra)) = (r.as_object_mut(), extra) {
+            r.extend(extra);
+        }
+        r
     }
 }
 

@@ -32,6 +32,10 @@ pub struct RunnerView {
     /// Pending, stopping or shutting down for longer than
     /// `reconcile.stuck_after_secs` (since `observed_at`).
     pub stuck: bool,
+    /// Seconds its instances have run, all told.
+    pub running_seconds: f64,
+    /// What that running cost at the price table's rates (null: its type has no price).
+    pub cost_usd: Option<f64>,
 }
 
 impl RunnerView {
@@ -42,7 +46,7 @@ impl RunnerView {
         let unresponsive = runner.observed_state == ObservedState::Running && now - last > after;
         let since = runner.observed_at.unwrap_or(runner.updated_at);
         let stuck = TRANSITIONAL.contains(&runner.observed_state) && now - since > stuck_after;
-        Self { runner, unresponsive, stuck }
+        Self { runner, unresponsive, stuck, running_seconds: 0.0, cost_usd: Some(0.0) }
     }
 }
 
@@ -126,7 +130,18 @@ pub async fn describe_runners(State(app): State<AppState>, headers: HeaderMap, p
     };
     let (runners, next_cursor) = page(app.db.list_runners(&q).await?, limit, 'r', |r| r.runner_id.clone());
     let stuck_after = chrono::Duration::from_std(app.stuck_after).unwrap_or(chrono::Duration::MAX);
-    let runners = runners.into_iter().map(|r| RunnerView::of(r, now, after, stuck_after)).collect();
+    let ids: Vec<String> = runners.iter().map(|r| r.runner_id.clone()).collect();
+    let costs = crate::routes::costs::lifetime_costs(&app, &ids, now).await?;
+    let runners = runners
+        .into_iter()
+        .map(|r| {
+            let cost = costs.get(&r.runner_id).copied().unwrap_or_default();
+            let mut v = RunnerView::of(r, now, after, stuck_after);
+            v.running_seconds = cost.running_seconds;
+            v.cost_usd = (cost.unpriced_seconds == 0.0).then_some((cost.instance_usd * 10_000.0).round() / 10_000.0);
+            v
+        })
+        .collect();
     Ok(with_etag(Json(RunnerList { runners, next_cursor }).into_response(), &tag))
 }
 

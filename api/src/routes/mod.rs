@@ -1,6 +1,7 @@
 //! HTTP handlers, one module per area.
 
 pub mod containers;
+pub mod costs;
 pub mod describe;
 pub mod email;
 pub mod images;

@@ -7,8 +7,9 @@ use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
-    Filter, IamInstanceProfileSpecification, Instance, InstanceStateName, ResourceType, SecureBlobAttributeValue,
-    Tag, TagSpecification,
+    Filter, IamInstanceProfileSpecification, Instance, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
+    InstanceStateName, MarketType, ResourceType, SecureBlobAttributeValue, SpotInstanceType, SpotMarketOptions, Tag,
+    TagSpecification,
 };
 use base64::Engine;
 use geonex_shared::config::Ec2Settings;
@@ -62,6 +63,8 @@ pub fn classify(code: Option<&str>, http_status: Option<u16>) -> ErrorClass {
         "ThrottlingException",
         "InsufficientInstanceCapacity",
         "InsufficientHostCapacity",
+        "SpotMaxPriceTooLow",
+        "MaxSpotInstanceCountExceeded",
         "InsufficientReservedInstanceCapacity",
         "InsufficientCapacity",
         "InternalError",
@@ -244,6 +247,16 @@ impl Cloud for Ec2Cloud {
             .client_token(&spec.client_token)
             .user_data(base64::engine::general_purpose::STANDARD.encode(&spec.user_data))
             .tag_specifications(tags);
+        if spec.spot {
+            // One-time, terminated on interruption: the runner relaunches itself.
+            let spot = SpotMarketOptions::builder()
+                .spot_instance_type(SpotInstanceType::OneTime)
+                .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                .build();
+            req = req.instance_market_options(
+                InstanceMarketOptionsRequest::builder().market_type(MarketType::Spot).spot_options(spot).build(),
+            );
+        }
         if let Some(subnet) = &s.subnet_id {
             req = req.subnet_id(subnet);
         }

@@ -39,6 +39,8 @@ pub struct LaunchSpec {
     pub user_data: String,
     /// Makes the launch idempotent where the cloud honours it.
     pub client_token: String,
+    /// A spot instance (terminated, not stopped, when EC2 interrupts it).
+    pub spot: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +78,20 @@ impl CloudError {
     /// instance): worth trying again once it has moved on.
     pub fn is_incorrect_state(&self) -> bool {
         self.code_is("IncorrectInstanceState") || self.code_is("IncorrectState")
+    }
+
+    /// EC2 has no capacity for the type or market asked: another type or
+    /// purchase option may launch.
+    pub fn is_capacity(&self) -> bool {
+        [
+            "InsufficientInstanceCapacity",
+            "InsufficientHostCapacity",
+            "InsufficientCapacity",
+            "SpotMaxPriceTooLow",
+            "MaxSpotInstanceCountExceeded",
+        ]
+        .iter()
+        .any(|c| self.code_is(c))
     }
 
     /// EC2 refused the call for the account's request rate.

@@ -42,6 +42,8 @@ struct SimInstance {
     user_data: String,
     #[serde(default)]
     launched_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    spot: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -345,6 +347,27 @@ impl SimCloud {
         out
     }
 
+    /// EC2 takes a spot instance back: it shuts down and terminates. False if
+    /// it is not a live spot instance.
+    pub fn interrupt(&self, instance_id: &str) -> bool {
+        let out = self.with_instance(instance_id, |i, now| {
+            if !i.spot || i.phase.is_gone() {
+                return Ok(false);
+            }
+            i.phase = Phase::ShuttingDown;
+            i.since = now;
+            Ok(true)
+        });
+        self.changed.notify_waiters();
+        out.unwrap_or(false)
+    }
+
+    /// The instance's type and whether it is a spot instance.
+    pub fn billing(&self, instance_id: &str) -> Option<(String, bool)> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.instances.get(instance_id).map(|i| (i.instance_type.clone(), i.spot))
+    }
+
     /// Every instance, for tests and operators' inspection.
     pub fn instances(&self) -> Vec<InstanceInfo> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -425,6 +448,14 @@ impl Cloud for SimCloud {
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<InstanceInfo, CloudError> {
         self.weather(SimCall::Run).await?;
+        let s = &self.settings;
+        if s.short_instance_types.iter().any(|t| t == &spec.instance_type) {
+            let message = format!("no {} capacity in the simulated zone", spec.instance_type);
+            return Err(error(ErrorClass::Retryable, "InsufficientInstanceCapacity", &message));
+        }
+        if spec.spot && rand::rng().random_bool(s.spot_capacity_error_rate.clamp(0.0, 1.0)) {
+            return Err(error(ErrorClass::Retryable, "InsufficientInstanceCapacity", "no spot capacity in the simulated zone"));
+        }
         self.calls.run.fetch_add(1, Ordering::Relaxed);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Utc::now();
@@ -449,6 +480,7 @@ impl Cloud for SimCloud {
             tags,
             user_data: spec.user_data.clone(),
             launched_at: Some(now),
+            spot: spec.spot,
         };
         let info = inst.info();
         let id = inst.instance_id.clone();
@@ -540,6 +572,7 @@ mod tests {
             instance_type: "m5d.large".into(),
             user_data: "#!/bin/sh".into(),
             client_token: token.into(),
+            spot: false,
         }
     }
 
