@@ -9,7 +9,7 @@ pub mod cloud;
 pub mod consumer;
 pub mod ec2events;
 pub mod email;
-pub mod failpoint;
+pub use geonex_shared::failpoint;
 pub mod handler;
 pub mod reconcile;
 pub mod mailer;
