@@ -229,6 +229,16 @@ pub struct Ec2Settings {
     pub allowed_instance_types: Vec<String>,
     /// A minijinja template file replacing the built-in user data.
     pub user_data_template: Option<PathBuf>,
+    /// Longest wait for one EC2 request; a call (the SDK's own retries included)
+    /// gets three times this. Without it a request EC2 never answers would hold
+    /// its command, lease renewed, forever.
+    pub timeout_ms: u64,
+}
+
+impl Ec2Settings {
+    pub fn attempt_timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.max(1))
+    }
 }
 
 impl Default for Ec2Settings {
@@ -247,6 +257,7 @@ impl Default for Ec2Settings {
                 .map(String::from)
                 .collect(),
             user_data_template: None,
+            timeout_ms: 20_000,
         }
     }
 }
