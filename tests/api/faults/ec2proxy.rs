@@ -118,6 +118,14 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     let Ok(body) = axum::body::to_bytes(body, 16 << 20).await else {
         return (StatusCode::BAD_REQUEST, "unreadable body").into_response();
     };
+    // A client that gives up drops this future; EC2 goes on with a call it
+    // received, and so does the proxy: the call and what it learns (a launch
+    // under a ClientToken) complete in a task of their own.
+    let call = tokio::spawn(answer(s, parts, body));
+    call.await.unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+async fn answer(s: Arc<Shared>, parts: axum::http::request::Parts, body: Bytes) -> Response {
     let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
     let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let action = field("Action").unwrap_or_default();
@@ -199,7 +207,8 @@ async fn forward(
             req = req.header(name, value);
         }
     }
-    let resp = req.send().await.map_err(|e| format!("moto unreachable: {e}"))?;
+    // Bounded, so a call moto never answers cannot hold its ClientToken's lock.
+    let resp = req.timeout(Duration::from_secs(30)).send().await.map_err(|e| format!("moto unreachable: {e}"))?;
     let (status, headers) = (resp.status(), resp.headers().clone());
     let bytes = resp.bytes().await.map_err(|e| format!("moto's answer cut: {e}"))?;
     Ok((status, headers, bytes))

@@ -362,6 +362,9 @@ pub struct Findings {
     pub recovery: Duration,
 }
 
+/// A command's id, status, last error and action.
+type CommandRow = (Uuid, String, Option<String>, String);
+
 /// Polls the database until every accepted command is finished (or `limit`
 /// passes); returns how long after `since` that was.
 pub async fn settle(pool: &sqlx::PgPool, ledger: &Ledger, since: Instant, limit: Duration) -> Findings {
@@ -371,7 +374,7 @@ pub async fn settle(pool: &sqlx::PgPool, ledger: &Ledger, since: Instant, limit:
     let deadline = Instant::now() + limit;
     let mut findings = Findings::default();
     loop {
-        let rows: Result<Vec<(Uuid, String, Option<String>, String)>, _> =
+        let rows: Result<Vec<CommandRow>, _> =
             sqlx::query_as("select command_id, status, last_error, action from command where command_id = any($1)")
                 .bind(&ids)
                 .fetch_all(pool)
