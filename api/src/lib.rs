@@ -3,6 +3,7 @@
 //! commands in the store and publishes them to the queue.
 
 pub mod auth;
+pub mod docs;
 pub mod error;
 pub mod http;
 pub mod params;
@@ -15,14 +16,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
@@ -30,6 +29,7 @@ use geonex_shared::domain::Role;
 
 use crate::auth::Access;
 use crate::error::ApiError;
+use crate::docs::Conventions;
 use crate::routes::{containers, costs, describe, email, images, ops, runners, usage, users};
 
 #[derive(OpenApi)]
@@ -48,7 +48,7 @@ use crate::routes::{containers, costs, describe, email, images, ops, runners, us
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, runners::Accepted, ops::ReplayResult,
         images::ImageList, containers::ContainerList, containers::RunnerContainersList, usage::S3Usage, usage::OutputUsageBody)),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &Conventions)
 )]
 pub struct ApiDoc;
 
@@ -132,7 +132,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(CatchPanicLayer::custom(|_| ApiError::Internal("handler panicked".into()).into_response()))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .layer(middleware::from_fn(move |req: Request, next: Next| within(timeout, req, next)))
         .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
@@ -140,6 +140,16 @@ pub fn router(state: AppState) -> Router {
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
         }))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// Answers a request that takes longer than the request timeout (a database
+/// holding its statements, say) with 503 and the error body, like any other
+/// unavailable dependency.
+async fn within(timeout: Duration, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Unavailable(format!("request not answered within {timeout:?}")).into_response(),
+    }
 }
 
 async fn not_found() -> Response {

@@ -328,6 +328,16 @@ pub struct Ec2Settings {
     pub user_data_template: Option<PathBuf>,
     /// The EC2 request budget every worker of the deployment shares.
     pub rate: RateSettings,
+    /// Longest wait for one EC2 request; a call (the SDK's own retries included)
+    /// gets three times this. Without it a request EC2 never answers would hold
+    /// its command, lease renewed, forever.
+    pub timeout_ms: u64,
+}
+
+impl Ec2Settings {
+    pub fn attempt_timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.max(1))
+    }
 }
 
 impl Default for Ec2Settings {
@@ -347,6 +357,7 @@ impl Default for Ec2Settings {
                 .collect(),
             user_data_template: None,
             rate: RateSettings::default(),
+            timeout_ms: 20_000,
         }
     }
 }

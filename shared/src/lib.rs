@@ -7,6 +7,7 @@ pub mod cost;
 pub mod dispatch;
 pub mod domain;
 pub mod error;
+pub mod failpoint;
 pub mod message;
 pub mod queue;
 pub mod store;

@@ -93,30 +93,34 @@ pub fn unique(prefix: &str) -> String {
 pub struct TestDatabase {
     pub name: String,
     pub url: String,
+    /// The server's admin URL it was created through (and is dropped through).
+    admin: String,
 }
 
 impl TestDatabase {
-    pub async fn create() -> Self {
+    /// A database on the server of `admin` (the shared test server, or a
+    /// private cluster a test restarts).
+    pub async fn create_on(admin: &str) -> Self {
         let name = format!("geonex_test_{}", Uuid::new_v4().simple());
-        let admin = pg_admin_url();
+        let admin = admin.to_owned();
         let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to the test Postgres");
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}")))
             .execute(&mut conn)
             .await
             .expect("create database");
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
-        Self { url: format!("{base}/{name}"), name }
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or_else(|| admin.clone());
+        Self { url: format!("{base}/{name}"), name, admin }
     }
 }
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let name = self.name.clone();
+        let (name, admin) = (self.name.clone(), self.admin.clone());
         // Drop runs outside async context; a short-lived runtime does the cleanup.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             rt.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await.ok()?;
+                let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
                 sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop database if exists {name} with (force)")))
                     .execute(&mut conn)
                     .await
@@ -182,12 +186,20 @@ pub struct TestConfig {
     pub role: AppRole,
     /// Broker URL (e.g. through a proxy the test controls).
     pub amqp_url: String,
+    /// The Postgres server the test database is created on (production mode).
+    pub postgres_admin_url: String,
     pub extra_env: Vec<(String, String)>,
 }
 
 impl Default for TestConfig {
     fn default() -> Self {
-        Self { mode: Mode::Production, role: AppRole::Serve, amqp_url: amqp_url(), extra_env: Vec::new() }
+        Self {
+            mode: Mode::Production,
+            role: AppRole::Serve,
+            amqp_url: amqp_url(),
+            postgres_admin_url: pg_admin_url(),
+            extra_env: Vec::new(),
+        }
     }
 }
 
@@ -256,7 +268,7 @@ impl Deployment {
         .collect();
         let db = match config.mode {
             Mode::Production => {
-                let db = TestDatabase::create().await;
+                let db = TestDatabase::create_on(&config.postgres_admin_url).await;
                 let prefix = unique("geonex-test");
                 env.extend(
                     [

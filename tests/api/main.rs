@@ -13,6 +13,8 @@ mod describe;
 mod durability;
 mod ec2events;
 mod embedded;
+mod faults;
+mod fuzz;
 mod images;
 mod observer;
 mod proxy;

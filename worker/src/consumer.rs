@@ -304,7 +304,8 @@ impl Inner {
                     (Some(id), Some(obs)) => Some((id.as_str(), obs)),
                     _ => None,
                 };
-                let record = || self.store.succeed_command(&lease, runner_update, done.result.clone());
+                let result = with_previous_error(done.result.clone(), &command);
+                let record = || self.store.succeed_command(&lease, runner_update, result.clone());
                 match persist(record).await {
                     Ok(()) => {
                         tracing::info!(observed = done.runner.as_ref().map(|o| o.observed.as_str()), "command succeeded");
@@ -342,6 +343,15 @@ impl Inner {
             }
         }
     }
+}
+
+/// A success clears `last_error`; what the earlier attempts failed on (EC2
+/// throttling, a capacity shortage, a lost worker) stays visible in the result.
+fn with_previous_error(mut result: serde_json::Value, command: &CommandRecord) -> serde_json::Value {
+    if let (Some(error), serde_json::Value::Object(map)) = (&command.last_error, &mut result) {
+        map.entry("previous_error").or_insert_with(|| serde_json::Value::String(error.clone()));
+    }
+    result
 }
 
 enum Settle {

@@ -129,6 +129,26 @@ where
         .map_err(|e| HandlerError::retryable(format!("store: {e}")))
 }
 
+/// Records that the server accepted a message. Giving up would make the next
+/// attempt send it again, so this waits out a database outage of minutes,
+/// looking every second so the record lands as soon as the database is back.
+async fn record_acceptance<F, Fut>(write: F) -> Result<(), HandlerError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), geonex_shared::store::StoreError>>,
+{
+    use backon::{ExponentialBuilder, Retryable};
+    let patient = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(1))
+        .with_max_times(180);
+    write
+        .retry(patient)
+        .notify(|e, _| tracing::warn!(error = %e, "the server accepted the e-mail; recording it once the database answers"))
+        .await
+        .map_err(|e| HandlerError::retryable(format!("store: {e}")))
+}
+
 #[async_trait]
 impl Handler for EmailHandler {
     fn actions(&self) -> &'static [Action] {
@@ -162,7 +182,7 @@ impl Handler for EmailHandler {
             Err(MailError::Transient(m)) => return Err(HandlerError::retryable(m)),
             Err(MailError::Permanent(m)) => return Err(HandlerError::permanent(m)),
         };
-        record(|| self.store.mark_sent(id, &reply)).await?;
+        record_acceptance(|| self.store.mark_sent(id, &reply)).await?;
         failpoint::hit("after-email-recorded").await;
         tracing::info!(message_id = %email.message_id, "e-mail sent");
         let sends = existing.map_or(1, |d| d.sends + 1);

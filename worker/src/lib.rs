@@ -11,7 +11,7 @@ pub mod consumer;
 pub mod costs;
 pub mod ec2events;
 pub mod email;
-pub mod failpoint;
+pub use geonex_shared::failpoint;
 pub mod handler;
 pub mod reconcile;
 pub mod mailer;

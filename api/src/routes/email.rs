@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use geonex_shared::failpoint;
 use geonex_shared::domain::{EmailAddress, ImageRef, UserName};
 use geonex_shared::store::email::{CommandOrigin, EmailKind, EmailParams, NewEmailCommand};
 use serde::Deserialize;
@@ -64,6 +65,8 @@ pub async fn send_email(
         idempotency_key: idempotency_key(&headers)?,
     };
     let submitted = app.db.submit_email(cmd).await?;
+    // Committed, not yet published: a crash here is the relay's to repair.
+    failpoint::hit("after-submit-commit").await;
     let c = &submitted.command;
     if submitted.created {
         tracing::info!(command_id = %c.command_id, "e-mail command accepted");

@@ -6,6 +6,7 @@ use axum::{Extension, Json};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use geonex_shared::failpoint;
 use geonex_shared::domain::{ImageRef, InstanceId, InstanceType, RunnerId, RunnerName, S3Uri};
 use geonex_shared::store::images::ImageStatus;
 use geonex_shared::cost::PurchaseOption;
@@ -175,6 +176,8 @@ async fn submit(
         max_attempts: app.max_attempts,
     };
     let submitted = app.db.submit_runner_command(cmd).await?;
+    // Committed, not yet published: a crash here is the relay's to repair.
+    failpoint::hit("after-submit-commit").await;
     let c = &submitted.command;
     if submitted.created {
         tracing::info!(command_id = %c.command_id, action = %c.action, runner_id = c.runner_id.as_deref().unwrap_or(""), "command accepted");

@@ -7,7 +7,9 @@
 //!   that dead-letter back to `P` with the message's original routing key. A
 //!   delayed message carries its exact (jittered) delay as a per-message TTL and goes
 //!   to the tier holding delays in [N, 2N) seconds, so a message waits behind
-//!   others of its own tier only, at most one tier width.
+//!   others of its own tier only, at most one tier width. `queue_expires_ms`
+//!   applies to the work and dead queues only: a delay queue has no consumer,
+//!   and would expire with the messages waiting in it.
 //!
 //! Publishing uses one confirm-mode channel shared by all callers (confirms are
 //! pipelined); a failed connection is dropped and re-opened on the next publish,
@@ -95,7 +97,10 @@ impl Topology {
         ch.queue_bind(self.dead_queue().into(), self.exchange().into(), "dead".into(), QueueBindOptions::default(), FieldTable::default())
             .await?;
         for tier in 0..DELAY_TIERS {
-            let mut args = self.base_args();
+            // No `x-expires` here: a delay queue never has a consumer, so the
+            // broker counts it unused however many messages wait in it, and
+            // expiring it would delete the delayed messages with it.
+            let mut args = FieldTable::default();
             args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(self.exchange().into()));
             let name = self.delay_queue(tier);
             ch.queue_declare(name.clone().into(), qopts, args).await?;

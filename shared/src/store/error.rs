@@ -29,7 +29,14 @@ impl StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => StoreError::Unavailable(e),
+            // The connection itself failed: refused, reset, cut mid-message
+            // (a restart), or none free in the pool.
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e),
             // SQLite's SQLITE_BUSY / SQLITE_LOCKED: another writer held the lock
             // past the busy timeout.
             sqlx::Error::Database(ref db) if matches!(db.code().as_deref(), Some("5" | "6" | "517")) => {
@@ -40,6 +47,11 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(ref db)
                 if matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P03" | "53300")) =>
             {
+                StoreError::Unavailable(e)
+            }
+            // SQLSTATE classes 08 (connection exception) and 53 (insufficient
+            // resources): the server, not the statement, is the problem.
+            sqlx::Error::Database(ref db) if db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("53")) => {
                 StoreError::Unavailable(e)
             }
             other => StoreError::Database(other),

@@ -46,7 +46,15 @@ impl Ec2Cloud {
     /// region, endpoint), e.g. one a test assembled.
     pub fn with_config(config: &aws_config::SdkConfig, settings: Ec2Settings) -> Self {
         let endpoint = config.endpoint_url().map(str::to_owned);
-        Self { client: Client::new(config), settings, endpoint }
+        // Bounded calls: a request EC2 never answers fails as a timeout (retried
+        // like any) instead of holding its command forever.
+        let attempt = settings.attempt_timeout();
+        let timeouts = aws_sdk_ec2::config::timeout::TimeoutConfig::builder()
+            .operation_attempt_timeout(attempt)
+            .operation_timeout(attempt * 3)
+            .build();
+        let client = Client::from_conf(aws_sdk_ec2::config::Builder::from(config).timeout_config(timeouts).build());
+        Self { client, settings, endpoint }
     }
 
     pub fn client(&self) -> &Client {
