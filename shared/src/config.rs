@@ -296,8 +296,10 @@ pub struct RelaySettings {
     pub interval_ms: u64,
     /// A command accepted this long ago without a confirmed publish is re-published.
     pub grace_ms: u64,
-    /// A retrying command still unclaimed this long after its due time is re-published
-    /// (its delayed message was lost).
+    /// A retrying command still unclaimed this long after its due time, or a
+    /// queued one this long after its confirmed publish, is re-published (its
+    /// message was lost). Longer than a message may wait in a backlog, or the
+    /// backlog gets duplicates (harmless, dropped at the claim, but work).
     pub overdue_ms: u64,
     pub batch: i64,
 }

@@ -253,6 +253,8 @@ impl Deployment {
             ("GEONEX_WORKER__LEASE_SECS", "30".into()),
             ("GEONEX_RELAY__INTERVAL_MS", "200".into()),
             ("GEONEX_RELAY__GRACE_MS", "1000".into()),
+            // A message the broker lost is published again soon.
+            ("GEONEX_RELAY__OVERDUE_MS", "15000".into()),
             // The EC2 budget is on, with room for the bursts tests make; the
             // budget tests set real sizes.
             ("GEONEX_EC2__RATE__SCALE", "1000".into()),

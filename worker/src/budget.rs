@@ -34,6 +34,11 @@ pub enum Op {
 }
 
 impl Op {
+    /// Whether the call changes something in EC2 (everything but a describe).
+    pub fn mutates(self) -> bool {
+        self != Op::DescribeInstances
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Op::RunInstances => "RunInstances",

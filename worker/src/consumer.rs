@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::fence::Fence;
 use crate::handler::{Handler, Step};
 use crate::presence::Presence;
 use crate::retry::{Backoff, ErrorClass, HandlerError};
@@ -39,7 +40,6 @@ struct Inner {
     prefetch: u16,
     backoff: Backoff,
     presence: Presence,
-    terms: LeaseTerms,
 }
 
 impl Worker {
@@ -54,9 +54,8 @@ impl Worker {
             base: Duration::from_millis(settings.retry_base_ms),
             cap: Duration::from_millis(settings.retry_cap_ms),
         };
-        let presence = Presence::new(store.clone(), settings.heartbeat());
-        let terms = presence.terms(settings.lease(), settings.holder_timeout());
-        Self { inner: Arc::new(Inner { store, dispatcher, handlers, settings, prefetch, backoff, presence, terms }) }
+        let presence = Presence::new(store.clone(), settings.heartbeat(), settings.holder_timeout());
+        Self { inner: Arc::new(Inner { store, dispatcher, handlers, settings, prefetch, backoff, presence }) }
     }
 
     /// The id under which this process holds its leases (its worker registry row).
@@ -202,8 +201,12 @@ impl Inner {
         .await
     }
 
+    fn terms(&self) -> LeaseTerms {
+        self.presence.terms(self.settings.lease(), self.settings.holder_timeout())
+    }
+
     async fn process(&self, message: &CommandMessage) -> Settle {
-        let claim = match self.store.claim(message.command_id, &self.terms).await {
+        let claim = match self.store.claim(message.command_id, &self.terms()).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim the command; requeueing");
@@ -237,36 +240,44 @@ impl Inner {
 
     async fn execute(&self, command: CommandRecord, runner: Option<RunnerRecord>) -> Settle {
         tracing::info!(attempt = command.attempts, "command started");
-        let lease = Lease { command_id: command.command_id, holder: self.terms.holder };
-        let duration = self.terms.lease;
+        let lease = Lease { command_id: command.command_id, holder: self.presence.worker_id() };
+        let duration = self.settings.lease();
         let done = CancellationToken::new();
         let lost = CancellationToken::new();
         let renewer = {
             let (store, done, lost) = (self.store.clone(), done.clone(), lost.clone());
+            // After a failed renewal (the database away) it tries again every
+            // heartbeat, so the lease is back in order soon after the database.
+            let (every, after_failure) = (duration / 3, self.settings.heartbeat());
             tokio::spawn(async move {
+                let mut wait = every;
                 loop {
                     tokio::select! {
-                        _ = tokio::time::sleep(duration / 3) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = done.cancelled() => return,
                     }
                     match store.renew_lease(&lease, duration).await {
-                        Ok(true) => {}
+                        Ok(true) => wait = every,
                         Ok(false) => {
                             lost.cancel();
                             return;
                         }
-                        Err(e) => tracing::warn!(error = %e, "could not renew the lease"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not renew the lease");
+                            wait = after_failure;
+                        }
                     }
                 }
             })
         };
         let handler = self.handlers.iter().find(|h| h.actions().contains(&command.action));
-        let run = async {
+        let fence = Fence::new(self.store.clone(), lease, duration, lost.clone());
+        let run = fence.scope(async {
             match handler {
                 Some(h) => h.handle(&command, runner.as_ref()).await,
                 None => Err(HandlerError::permanent(format!("no handler for {}", command.action))),
             }
-        };
+        });
         let outcome = tokio::select! {
             outcome = run => Some(outcome),
             _ = lost.cancelled() => None,

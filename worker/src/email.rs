@@ -22,6 +22,7 @@ use lettre::message::Mailbox;
 use serde_json::json;
 
 use crate::failpoint;
+use crate::fence;
 use crate::handler::{Handler, Outcome, Step};
 use crate::mailer::{Email, MailError, Mailer};
 use crate::retry::HandlerError;
@@ -177,6 +178,7 @@ impl Handler for EmailHandler {
             .map_err(|e| HandlerError::permanent(format!("e-mail template failed: {e}")))?;
         let email = Email { message_id: self.message_id(command), to: params.to.clone(), subject, text, html };
         record(|| self.store.begin_delivery(id, &email.message_id, &email.to)).await?;
+        fence::confirm().await?;
         let reply = match self.mailer.send(&self.from, &email).await {
             Ok(reply) => reply,
             Err(MailError::Transient(m)) => return Err(HandlerError::retryable(m)),
@@ -212,15 +214,20 @@ mod tests {
     }
 
     #[test]
-    fn every_template_names_the_image_and_the_user_and_html_is_escaped() {
+    fn every_template_names_its_subject_and_the_user_and_html_is_escaped() {
         let t = EmailTemplates::load(None).unwrap();
         for kind in EmailKind::ALL {
             let (subject, text, html) = t.render(&params(kind)).unwrap();
-            assert!(subject.contains("geonex/fire:1.5") && !subject.contains('\n'), "{subject}");
+            // An image's e-mails name the image; a budget's say what was spent.
+            let about = match kind {
+                EmailKind::BudgetWarning | EmailKind::BudgetExceeded => "docs",
+                _ => "geonex/fire:1.5",
+            };
+            assert!(subject.contains(about) && !subject.contains('\n'), "{subject}");
             // HTML escaping writes `/` as an entity.
             let html = html.replace("&#x2f;", "/");
             for body in [&text, &html] {
-                assert!(body.contains("geonex/fire:1.5") && body.contains("ada"), "{kind:?}: {body}");
+                assert!(body.contains(about) && body.contains("ada"), "{kind:?}: {body}");
             }
             assert!(!html.contains("<b>missing</b>"), "{html}");
         }

@@ -12,6 +12,7 @@ pub mod costs;
 pub mod ec2events;
 pub mod email;
 pub use geonex_shared::failpoint;
+pub mod fence;
 pub mod handler;
 pub mod reconcile;
 pub mod mailer;

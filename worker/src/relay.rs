@@ -5,8 +5,14 @@
 //! spent) and (2) publishes every command that should
 //! have a message in flight but has no confirmed publish: accepted while the
 //! broker was down, scheduled for retry when the publish failed, rescued, or
-//! replayed. Several relays may run (one per worker process); a command they
-//! both publish is claimed once, the second message is dropped as a duplicate.
+//! replayed, or queued with a publish the broker confirmed long ago but never
+//! delivered (lost in a broker restart). Several relays may run (one per
+//! worker process); a command they both publish is claimed once, the second
+//! message is dropped as a duplicate.
+//!
+//! It rescues only once it has reached the database without a break for a
+//! holder timeout: right after an outage every holder's heartbeat is stale,
+//! the live ones' too (see [`crate::presence`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,12 +24,15 @@ use geonex_shared::domain::CommandStatus;
 use geonex_shared::store::Store;
 use tokio_util::sync::CancellationToken;
 
+use crate::presence::Steadiness;
+
 pub struct Relay {
     store: Arc<dyn Store>,
     dispatcher: Dispatcher,
     settings: RelaySettings,
     /// A lease holder silent for this long is presumed dead (worker settings).
     holder_timeout: Duration,
+    steady: Steadiness,
 }
 
 /// What one pass did, for logs and tests.
@@ -36,13 +45,18 @@ pub struct Pass {
 
 impl Relay {
     pub fn new(store: Arc<dyn Store>, dispatcher: Dispatcher, settings: RelaySettings, holder_timeout: Duration) -> Self {
-        Self { store, dispatcher, settings, holder_timeout }
+        Self { store, dispatcher, settings, holder_timeout, steady: Steadiness::new(holder_timeout) }
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
         let interval = Duration::from_millis(self.settings.interval_ms);
         loop {
-            match self.pass().await {
+            let pass = self.pass().await;
+            match &pass {
+                Ok(_) => self.steady.reached(),
+                Err(_) => self.steady.broke(),
+            }
+            match pass {
                 Ok(p) if p.rescued > 0 || p.published > 0 || p.failed > 0 => {
                     tracing::info!(rescued = p.rescued, published = p.published, failed = p.failed, "relay pass");
                 }
@@ -58,7 +72,11 @@ impl Relay {
 
     /// One rescue-and-publish pass over the store.
     pub async fn pass(&self) -> Result<Pass, geonex_shared::store::StoreError> {
-        let mut pass = Pass { rescued: self.store.rescue_expired_leases(self.holder_timeout).await?, ..Pass::default() };
+        let rescued = match self.steady.is_steady() {
+            true => self.store.rescue_expired_leases(self.holder_timeout).await?,
+            false => 0,
+        };
+        let mut pass = Pass { rescued, ..Pass::default() };
         loop {
             let due = self
                 .store

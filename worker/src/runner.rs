@@ -31,6 +31,7 @@ use crate::budget::{Budget, Op, Priority, Reservation, Spend};
 use crate::cloud::{Cloud, CloudError, InstanceInfo, LaunchSpec, TAG_COMMAND_ID};
 use crate::handler::{Handler, Outcome, Step, Wait};
 use crate::failpoint;
+use crate::fence;
 use crate::retry::HandlerError;
 use crate::user_data::{UserDataContext, UserDataTemplate};
 
@@ -164,6 +165,9 @@ impl RunnerHandler {
         Fut: std::future::Future<Output = Result<T, CloudError>>,
     {
         self.pay(cmd, &[(op, 1.0)]).await?;
+        if op.mutates() {
+            fence::confirm().await?;
+        }
         match call().await {
             Err(e) if e.is_throttled() => {
                 tracing::warn!(op = op.as_str(), "EC2 throttled a call the budget allowed; slowing down");
@@ -279,6 +283,7 @@ impl RunnerHandler {
                 };
                 tries += 1;
                 let purchase = if spot { PurchaseOption::Spot } else { PurchaseOption::OnDemand };
+                fence::confirm().await?;
                 let info = match self.cloud.launch(&spec).await {
                     Ok(info) => info,
                     Err(e) if e.is_throttled() => {
@@ -365,6 +370,7 @@ impl RunnerHandler {
                 // Both calls are paid before the token is minted.
                 self.pay(cmd, &[(Op::StartInstances, 1.0), (Op::ModifyInstanceAttribute, 1.0)]).await?;
                 let user_data = self.user_data(cmd, runner).await?;
+                fence::confirm().await?;
                 self.cloud.set_user_data(id, &user_data).await?;
                 self.retire_tokens(cmd, runner).await?;
                 self.cloud.start(id).await?;

@@ -270,6 +270,10 @@ pub struct LeaseTerms {
     /// A holder whose heartbeat is older than this is presumed dead: its running
     /// commands are taken over without waiting for their leases to run out.
     pub holder_timeout: Duration,
+    /// Whether a running command may be taken over at all (its lease expired or
+    /// its holder presumed dead). False while the claimer cannot tell a dead
+    /// holder from one that, like itself, just lost the database for a while.
+    pub take_over: bool,
 }
 
 /// A lease held on a running command: only its holder may renew it or settle
@@ -372,7 +376,8 @@ pub trait Store: Send + Sync + 'static {
     /// Records that the broker confirmed these commands' messages.
     async fn mark_published(&self, command_ids: &[Uuid]) -> Result<(), StoreError>;
     /// Commands whose message must be (re-)published: accepted but never confirmed,
-    /// or retrying and long overdue.
+    /// retrying and long overdue, or queued with a confirmed publish long ago and
+    /// still unclaimed (the broker lost the message).
     async fn due_for_publish(&self, grace: Duration, overdue: Duration, limit: i64)
     -> Result<Vec<CommandRecord>, StoreError>;
     /// Returns running commands whose worker died — their lease expired, or their

@@ -73,7 +73,8 @@ static DUE_FOR_PUBLISH: Sql = Sql::new(concat!(
     command_columns!(),
     " from command where status in ('queued', 'retrying') and ( \
        (published_at is null and updated_at < {now-$1}) \
-       or (status = 'retrying' and next_attempt_at < {now-$2})) \
+       or (status = 'retrying' and next_attempt_at < {now-$2}) \
+       or (status = 'queued' and published_at < {now-$2})) \
      order by seq limit $3"
 ));
 
@@ -115,7 +116,7 @@ static CLAIM: Sql = Sql::new(concat!(
        next_attempt_at = null, waiting_for = null, updated_at = {now} \
      where c.command_id = $1 \
        and (c.status in ('queued', 'retrying') \
-            or (c.status = 'running' and (c.lease_until < {now} or ",
+            or ($5 and c.status = 'running' and (c.lease_until < {now} or ",
     holder_dead!("c.lease_holder", "4"),
     "))) \
        and not exists (select 1 from command e where e.runner_id = c.runner_id and e.seq < c.seq \
@@ -372,7 +373,7 @@ impl<D: Driver> Store for SqlStore<D> {
     }
 
     async fn claim(&self, command_id: Uuid, terms: &LeaseTerms) -> Result<Claim, StoreError> {
-        let args = args![command_id, terms.lease, terms.holder, terms.holder_timeout];
+        let args = args![command_id, terms.lease, terms.holder, terms.holder_timeout, terms.take_over];
         let mut conn = self.driver.conn().await?;
         if let Some(row) = conn.fetch_optional(&CLAIM, args).await? {
             let command = rows::command(&row)?;
