@@ -252,6 +252,10 @@ pub struct WorkerSettings {
     pub instance_wait_secs: u64,
     /// How long a waiting command releases its worker before it looks again.
     pub instance_poll_ms: u64,
+    /// The work queues this process consumes (`runner`, `email`, `s3usage`);
+    /// empty: all of them. Lets a deployment give e-mail or scans workers of
+    /// their own.
+    pub queues: Vec<crate::domain::WorkQueue>,
 }
 
 impl Default for WorkerSettings {
@@ -268,6 +272,7 @@ impl Default for WorkerSettings {
             shutdown_grace_secs: 30,
             instance_wait_secs: 600,
             instance_poll_ms: 2_000,
+            queues: Vec::new(),
         }
     }
 }

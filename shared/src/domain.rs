@@ -446,8 +446,10 @@ impl Action {
     }
 }
 
-/// The work queues of the topology; the routing key is the queue's suffix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The work queues of the topology; the routing key is the queue's suffix
+/// (and the name a worker's `queues` setting uses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum WorkQueue {
     Runner,
     Email,

@@ -312,3 +312,28 @@ async fn describe_command_shows_who_holds_a_running_command_and_since_when() {
     assert_eq!(app.instances_of(&runner).await.len(), 1);
     next.kill().await;
 }
+
+/// A worker told to consume only the runner queue runs runner commands and
+/// leaves e-mail alone, for the workers that take it.
+#[tokio::test]
+async fn a_worker_given_only_the_runner_queue_leaves_e_mail_to_others() {
+    let moto = PrivateMoto::start().await;
+    let app = spawn_app_with(api_only(&moto)).await;
+    let mut cmd = app.deployment.command(&["worker"]);
+    cmd.env("GEONEX_WORKER__QUEUES", "[runner]");
+    let mut runner_only = Process::start(cmd, false).await;
+
+    let email = app.get("/send-email?image_name=geonex/fire:1&user_name=ada&email=ada@example.org").await;
+    assert_eq!(email.status, 202, "{}", email.body);
+    let email_id = email.body["command_id"].as_str().unwrap().to_owned();
+    let start = app.start_runner(&unique("q"), APPROVED_IMAGES[0]).await;
+    assert_eq!(start.status, 202, "{}", start.body);
+    app.wait_command(start.body["command_id"].as_str().unwrap(), &["succeeded"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.command(&email_id).await["status"], "queued", "the runner-only worker took an e-mail");
+
+    let mut any = worker(&app.deployment).await;
+    app.wait_command(&email_id, &["succeeded", "dead"]).await;
+    runner_only.kill().await;
+    any.kill().await;
+}

@@ -63,12 +63,14 @@ impl Worker {
         self.inner.presence.worker_id()
     }
 
-    /// The queues this worker has handlers for.
+    /// The queues this worker consumes: those it has handlers for, narrowed to
+    /// the `queues` setting when that names any.
     pub fn queues(&self) -> Vec<WorkQueue> {
         let mut queues: Vec<WorkQueue> =
             self.inner.handlers.iter().flat_map(|h| h.actions().iter().map(|a| a.queue())).collect();
         queues.dedup();
-        WorkQueue::ALL.into_iter().filter(|q| queues.contains(q)).collect()
+        let chosen = &self.inner.settings.queues;
+        WorkQueue::ALL.into_iter().filter(|q| queues.contains(q) && (chosen.is_empty() || chosen.contains(q))).collect()
     }
 
     /// Consumes until `shutdown` is cancelled, then lets in-flight commands finish
