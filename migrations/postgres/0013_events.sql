@@ -15,6 +15,8 @@ begin
         'desired_state', new.desired_state,
         'instance_id', new.instance_id,
         'image_name', new.image_name,
+        'instance_type', new.instance_type,
+        's3_output', new.s3_output,
         'last_error', left(new.last_error, 500),
         'at', to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))::text);
     return null;

@@ -21,6 +21,8 @@ create trigger runner_event_insert after insert on runner begin
         'desired_state', new.desired_state,
         'instance_id', new.instance_id,
         'image_name', new.image_name,
+        'instance_type', new.instance_type,
+        's3_output', new.s3_output,
         'last_error', substr(new.last_error, 1, 500),
         'at', strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));
 end;
@@ -39,6 +41,8 @@ begin
         'desired_state', new.desired_state,
         'instance_id', new.instance_id,
         'image_name', new.image_name,
+        'instance_type', new.instance_type,
+        's3_output', new.s3_output,
         'last_error', substr(new.last_error, 1, 500),
         'at', strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));
 end;

@@ -116,6 +116,8 @@ async fn an_sse_client_sees_a_runner_turn_running_within_a_second_of_the_commit(
     assert!(lag < chrono::Duration::milliseconds(1000), "the event came {lag} after the commit");
     assert!(running.data["instance_id"].as_str().is_some_and(|i| i.starts_with("i-")), "{:?}", running.data);
     assert_eq!(running.data["desired_state"], "running");
+    assert_eq!(running.data["s3_output"], "s3://geonex/GO16_ABI15");
+    assert_eq!(running.data["instance_type"], "m5d.large");
     assert_eq!(app.runner(&runner_id).await["observed_state"], "running", "the event followed the commit");
 
     // The stop that follows streams the same way.
