@@ -136,6 +136,40 @@ async fn an_sse_client_sees_a_runner_turn_running_within_a_second_of_the_commit(
             e.name == "runner" && mine(e) && e.data["observed_state"] == "stopped"
         })
         .await;
+
+    // An open stream does not hold up a graceful shutdown: it ends.
+    let mut app = app;
+    let stopping = Instant::now();
+    app.stop_app().await;
+    assert!(stopping.elapsed() < Duration::from_secs(10), "shutdown took {:?}", stopping.elapsed());
+    assert!(events.next(Duration::from_secs(5)).await.is_none(), "the stream ended");
+}
+
+#[tokio::test]
+async fn an_api_process_streams_what_a_worker_in_another_process_commits() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::TestConfig {
+        role: geonex::startup::Role::Api,
+        ..crate::helpers::TestConfig::default()
+    })
+    .await;
+    let (mut events, _) = subscribe(&app, &app.token, "").await;
+    let worker = crate::helpers::Process::start(app.deployment.command(&["worker"]), false).await;
+    let runner_id = unique("sse-cross");
+    let r = app.start_runner(&runner_id, "geonex/fire:1.5").await;
+    let command_id = r.body["command_id"].as_str().unwrap().to_owned();
+    let done = events
+        .until(Duration::from_secs(30), "the start succeeded", |e| {
+            e.name == "command" && e.data["command_id"] == command_id.as_str() && e.data["status"] == "succeeded"
+        })
+        .await;
+    assert_eq!(done.data["attempts"], 1);
+    let running = events
+        .until(Duration::from_secs(30), "running", |e| {
+            e.name == "runner" && e.data["runner_id"] == runner_id.as_str() && e.data["observed_state"] == "running"
+        })
+        .await;
+    assert!(running.received_at - at(&running) < chrono::Duration::milliseconds(1000));
+    drop(worker);
 }
 
 #[tokio::test]

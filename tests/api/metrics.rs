@@ -188,3 +188,36 @@ async fn retries_and_dead_commands_are_counted_while_the_cloud_fails() {
     assert_eq!(after.value("geonex_queue_depth", &[("queue", "runner"), ("status", "retrying")]), 0.0);
     assert_eq!(after.value("geonex_runners", &[("observed_state", "failed")]), 1.0, "the runner shows the failure");
 }
+
+#[tokio::test]
+async fn a_worker_process_serves_its_own_metrics_on_the_scrape_listener() {
+    let app = spawn_app_with(TestConfig { role: geonex::startup::Role::Api, ..TestConfig::default() }).await;
+    let port = free_port();
+    let worker = crate::helpers::Process::start(
+        {
+            let mut cmd = app.deployment.command(&["worker"]);
+            cmd.env("GEONEX_METRICS__LISTEN", format!("127.0.0.1:{port}"));
+            cmd
+        },
+        false,
+    )
+    .await;
+    let runner_id = unique("worker-metrics");
+    let r = app.start_runner(&runner_id, "geonex/fire:1.5").await;
+    let command_id = r.body["command_id"].as_str().unwrap().to_owned();
+    app.wait_command(&command_id, &["succeeded"]).await;
+
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let text = reqwest::get(&url).await.expect("the worker's scrape listener").text().await.unwrap();
+    let scraped = Scrape::parse(&text);
+    let start = [("action", "start_runner")];
+    // What the worker did is counted in the worker, what the API did in the API.
+    assert_eq!(scraped.value("geonex_commands_started_total", &start), 1.0, "{text}");
+    assert_eq!(scraped.value("geonex_commands_succeeded_total", &start), 1.0);
+    assert_eq!(scraped.value("geonex_commands_accepted_total", &start), 0.0);
+    assert!(scraped.value("geonex_ec2_requests_total", &[("operation", "RunInstances"), ("code", "ok")]) >= 1.0);
+    assert_eq!(scraped.value("geonex_database_up", &[]), 1.0);
+    let api = scrape(&app).await;
+    assert!(api.value("geonex_commands_accepted_total", &start) >= 1.0);
+    drop(worker);
+}
