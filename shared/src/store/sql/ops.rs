@@ -177,15 +177,16 @@ struct LogListener {
 impl ChangeListener for LogListener {
     async fn next(&mut self) -> Result<Feed, StoreError> {
         loop {
+            // Pruned first, so a log that never runs dry is pruned too.
+            if self.pruned.elapsed() > LOG_KEEP {
+                self.pruned = Instant::now();
+                self.driver.conn().await?.execute(&LOG_PRUNE, args![LOG_KEEP]).await?;
+            }
             let rows = self.driver.conn().await?.fetch_all(&LOG_AFTER, args![self.cursor]).await?;
             if let Some(last) = rows.last() {
                 self.cursor = last.int("event_id")?;
                 let events = rows.iter().filter_map(|r| r.text("payload").ok()).filter_map(|p| ChangeEvent::parse(&p));
                 return Ok(Feed::Events(events.collect()));
-            }
-            if self.pruned.elapsed() > LOG_KEEP {
-                self.pruned = Instant::now();
-                self.driver.conn().await?.execute(&LOG_PRUNE, args![LOG_KEEP]).await?;
             }
             tokio::time::sleep(LOG_POLL).await;
         }
