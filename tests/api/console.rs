@@ -182,5 +182,36 @@ async fn an_operator_watches_a_runner_start_and_replays_a_dead_command_in_the_co
     screenshot(&browser, "commands.png").await;
     let message = browser.find(Locator::Css("#message")).await.unwrap().text().await.unwrap();
     assert!(!message.contains("error"), "{message}");
+
+    // A user signs in with a password, sees an image awaiting approval, and may not decide it.
+    let name = unique("viewer");
+    let password = "correct horse battery staple";
+    let r = app
+        .send_anonymous(app.http.post(format!("{}/register-user", app.address)).json(&json!({
+            "user_name": name, "password": password, "display_name": "Viewer", "email": format!("{name}@example.org"),
+        })))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let image = format!("geonex/{}:1", unique("pending"));
+    let r = app
+        .send(app.http.post(format!("{}/register-image", app.address)).json(&json!({
+            "image_name": image, "description": "awaiting approval", "organization": "NEX",
+        })))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    browser.find(Locator::Css("#logout")).await.unwrap().click().await.unwrap();
+    browser.find(Locator::Css("#login-user")).await.unwrap().send_keys(&name).await.unwrap();
+    browser.find(Locator::Css("#login-password")).await.unwrap().send_keys(password).await.unwrap();
+    browser.find(Locator::Css("#login-form button")).await.unwrap().click().await.unwrap();
+    wait_text(&browser, "#whoami", "user", Duration::from_secs(15)).await;
+    browser.find(Locator::Css("#tab-images")).await.unwrap().click().await.unwrap();
+    let approve = format!("#images tr[data-image=\"{image}\"] button[data-act=\"approve\"]");
+    let button = browser.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css(&approve)).await.unwrap();
+    assert!(!button.is_enabled().await.unwrap(), "a user's Approve is disabled");
+    screenshot(&browser, "images-as-user.png").await;
+    let token = browser.execute("return sessionStorage.getItem('geonex.token');", vec![]).await.unwrap();
+    assert!(token.as_str().is_some_and(|t| t.starts_with("gnx_")), "the login token is kept for the tab");
+    let cookies = browser.execute("return document.cookie;", vec![]).await.unwrap();
+    assert_eq!(cookies, json!(""), "no cookie carries it");
     browser.close().await.unwrap();
 }
