@@ -3,9 +3,16 @@
 -- LISTENs to and streams as server-sent events (`GET /events`). NOTIFY is
 -- delivered at commit, in commit order, and never for a rolled-back change.
 -- Payloads stay far below NOTIFY's 8000 bytes: errors are cut to 500 characters.
+--
+-- PostgreSQL serializes the commits of transactions that notified (a lock
+-- taken at commit). A deployment that wants no live updates can turn the
+-- announcements off without a migration: `alter database … set geonex.events = 'off'`.
 
 create function geonex_notify_runner() returns trigger language plpgsql as $$
 begin
+    if current_setting('geonex.events', true) = 'off' then
+        return null;
+    end if;
     perform pg_notify('geonex_events', json_build_object(
         'type', 'runner',
         'runner_id', new.runner_id,
@@ -34,6 +41,9 @@ create trigger runner_notify_update after update on runner
 -- A waiting command is stored as retrying with `waiting_for`: the event says waiting.
 create function geonex_notify_command() returns trigger language plpgsql as $$
 begin
+    if current_setting('geonex.events', true) = 'off' then
+        return null;
+    end if;
     perform pg_notify('geonex_events', json_build_object(
         'type', 'command',
         'command_id', new.command_id,
