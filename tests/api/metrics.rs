@@ -221,3 +221,32 @@ async fn a_worker_process_serves_its_own_metrics_on_the_scrape_listener() {
     assert!(api.value("geonex_commands_accepted_total", &start) >= 1.0);
     drop(worker);
 }
+
+#[tokio::test]
+async fn sent_e_mails_and_s3_scans_are_counted() {
+    let app = crate::helpers::spawn_app_in(Mode::Embedded).await;
+    let before = scrape(&app).await;
+    let r = app.get("/send-email?image_name=geonex/fire:1&user_name=user1&email=user1@example.org").await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    app.wait_command(r.body["command_id"].as_str().unwrap(), &["succeeded"]).await;
+
+    // An output of three objects, as folders of the embedded S3.
+    let runner_id = unique("metrics-scan");
+    let r = app.start_runner(&runner_id, "geonex/fire:1.5").await;
+    app.wait_command(r.body["command_id"].as_str().unwrap(), &["succeeded"]).await;
+    let folder = app.deployment.data_dir.0.join("s3/geonex/GO16_ABI15/2026");
+    std::fs::create_dir_all(&folder).unwrap();
+    for name in ["a.nc", "b.png", "c.json"] {
+        std::fs::write(folder.join(name), b"0123456789").unwrap();
+    }
+    let r = app.get("/get-s3-usage?refresh=true").await;
+    let scan = r.body["scan_command_id"].as_str().expect("a scan").to_owned();
+    app.wait_command(&scan, &["succeeded"]).await;
+
+    let after = scrape(&app).await;
+    let delta = |name: &str, labels: &[(&str, &str)]| after.value(name, labels) - before.value(name, labels);
+    assert!(delta("geonex_emails_sent_total", &[]) >= 1.0);
+    assert!(delta("geonex_commands_succeeded_total", &[("action", "send_email")]) >= 1.0);
+    assert!(delta("geonex_s3_objects_listed_total", &[]) >= 3.0);
+    assert!(after.value("geonex_s3_scan_duration_seconds", &[("result", "ok")]) >= 1.0, "scan time recorded");
+}
