@@ -320,6 +320,22 @@ impl Application {
         let agent_api_url = agent_api_url(&settings, sim.is_some(), local);
 
         let mut tasks: Vec<Task> = Vec::new();
+        // The recorder is installed before anything records into it.
+        geonex_shared::metrics::handle();
+        tasks.push(Box::pin(geonex_shared::metrics::upkeep(shutdown.clone())));
+        if let Some(addr) = settings.metrics.listen.as_deref().map(str::trim).filter(|a| !a.is_empty()) {
+            let listener =
+                TcpListener::bind(addr).await.with_context(|| format!("binding the metrics listener {addr}"))?;
+            summary.push_str(&format!("; metrics: http://{}/metrics", listener.local_addr()?));
+            let router = geonex_api::metrics::scrape_router(ports.db.clone());
+            let stop = shutdown.clone();
+            tasks.push(Box::pin(async move {
+                let serve = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            }));
+        }
         let prices = Arc::new(
             PriceTable::load(settings.cost.prices_file.as_deref()).map_err(anyhow::Error::msg).context("GEONEX_COST__PRICES_FILE")?,
         );
@@ -437,6 +453,7 @@ impl Application {
                 cloud_label: cloud.describe_self(),
                 usage_settings: settings.s3usage.clone(),
                 usage_extra_outputs: extra_outputs.clone(),
+                events: Some(geonex_api::events::EventHub::start(ports.db.clone(), shutdown.clone())),
             };
             Some(geonex_api::router(state))
         } else {

@@ -3,9 +3,12 @@
 //! commands in the store and publishes them to the queue.
 
 pub mod auth;
+pub mod console;
 pub mod docs;
 pub mod error;
+pub mod events;
 pub mod http;
+pub mod metrics;
 pub mod params;
 pub mod routes;
 pub mod state;
@@ -44,9 +47,9 @@ use crate::routes::{containers, costs, describe, email, images, ops, runners, us
         email::send_email,
         usage::get_s3_usage,
         containers::runner_events, containers::describe_containers, containers::describe_runner_containers,
-        ops::replay_command, ops::healthz, ops::readyz, ops::openapi,
+        ops::replay_command, ops::cancel_command, ops::healthz, ops::readyz, ops::openapi, metrics::metrics,
     ),
-    components(schemas(error::ErrorBody, error::ErrorDetail, runners::Accepted, ops::ReplayResult,
+    components(schemas(error::ErrorBody, error::ErrorDetail, runners::Accepted, ops::ReplayResult, ops::CancelResult,
         images::ImageList, containers::ContainerList, containers::RunnerContainersList, usage::S3Usage, usage::OutputUsageBody)),
     modifiers(&BearerAuth, &Conventions)
 )]
@@ -105,6 +108,7 @@ pub fn routes() -> Vec<RouteSpec> {
         route("/describe-budgets", &["GET"], operator, get(costs::describe_budgets)),
         route("/get-s3-usage", GET_POST, user, get(usage::get_s3_usage).post(usage::get_s3_usage)),
         route("/replay-command", &["POST"], admin, post(ops::replay_command)),
+        route("/cancel-command", &["POST"], operator, post(ops::cancel_command)),
         route("/register-user", &["POST"], Registration, post(users::register_user)),
         route("/describe-users", &["GET"], admin, get(users::describe_users)),
         route("/login", &["POST"], Public, post(users::login)),
@@ -112,6 +116,18 @@ pub fn routes() -> Vec<RouteSpec> {
         route("/healthz", &["GET"], Public, get(ops::healthz)),
         route("/readyz", &["GET"], Public, get(ops::readyz)),
         route("/openapi.json", &["GET"], user, get(ops::openapi)),
+        route("/metrics", &["GET"], operator, get(metrics::metrics)),
+    ]
+}
+
+/// Routes for browsers, outside the OpenAPI document (they answer HTML, script
+/// and an endless event stream, not JSON), guarded like every other.
+pub fn browser_routes() -> Vec<RouteSpec> {
+    vec![
+        route("/console", &["GET"], Access::Public, get(console::page)),
+        route("/console/app.js", &["GET"], Access::Public, get(console::script)),
+        route("/console/style.css", &["GET"], Access::Public, get(console::style)),
+        route("/events", &["GET"], Access::Role(Role::User), get(events::events)),
     ]
 }
 
@@ -119,7 +135,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.body_limit_bytes;
     let timeout = Duration::from_millis(state.settings.request_timeout_ms);
     let mut router = Router::new();
-    for spec in routes() {
+    for spec in routes().into_iter().chain(browser_routes()) {
         let access = spec.access;
         let guarded = spec.handler.route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -133,6 +149,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .layer(CatchPanicLayer::custom(|_| ApiError::Internal("handler panicked".into()).into_response()))
         .layer(middleware::from_fn(move |req: Request, next: Next| within(timeout, req, next)))
+        .layer(middleware::from_fn(metrics::track))
         .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {

@@ -38,5 +38,7 @@ pub struct AppState {
     pub usage_settings: S3UsageSettings,
     /// The configured extra outputs in canonical form.
     pub usage_extra_outputs: Vec<String>,
+    /// The change feed's fan-out behind `/events` (absent: not listening).
+    pub events: Option<crate::events::EventHub>,
 }
 

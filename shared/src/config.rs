@@ -59,6 +59,7 @@ pub struct Settings {
     pub agent: AgentSettings,
     pub log: LogSettings,
     pub cost: CostSettings,
+    pub metrics: MetricsSettings,
 }
 
 impl Default for Settings {
@@ -84,6 +85,7 @@ impl Default for Settings {
             agent: AgentSettings::default(),
             log: LogSettings::default(),
             cost: CostSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -694,6 +696,16 @@ impl Default for LogSettings {
     fn default() -> Self {
         Self { format: "auto".into(), filter: "info".into() }
     }
+}
+
+/// Where Prometheus scrapes. `/metrics` on the API's listener needs an
+/// operator's token; `listen` adds a listener that serves only `/metrics`,
+/// without a token (for a scraper on a private network, and for worker
+/// processes, which have no API listener).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct MetricsSettings {
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -9,5 +9,6 @@ pub mod domain;
 pub mod error;
 pub mod failpoint;
 pub mod message;
+pub mod metrics;
 pub mod queue;
 pub mod store;

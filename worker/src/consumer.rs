@@ -16,6 +16,7 @@ use geonex_shared::config::WorkerSettings;
 use geonex_shared::dispatch::Dispatcher;
 use geonex_shared::domain::WorkQueue;
 use geonex_shared::message::CommandMessage;
+use geonex_shared::metrics;
 use geonex_shared::queue::{Delivery, Queue};
 use geonex_shared::store::{Claim, CommandRecord, Lease, LeaseTerms, RunnerRecord, Store, StoreError};
 use tokio::sync::Semaphore;
@@ -242,6 +243,8 @@ impl Inner {
 
     async fn execute(&self, command: CommandRecord, runner: Option<RunnerRecord>) -> Settle {
         tracing::info!(attempt = command.attempts, "command started");
+        metrics::command(metrics::COMMANDS_STARTED, command.action);
+        let started = std::time::Instant::now();
         let lease = Lease { command_id: command.command_id, holder: self.presence.worker_id() };
         let duration = self.settings.lease();
         let done = CancellationToken::new();
@@ -286,6 +289,8 @@ impl Inner {
         };
         done.cancel();
         let _ = renewer.await;
+        ::metrics::histogram!(metrics::COMMAND_DURATION, "action" => command.action.as_str())
+            .record(started.elapsed().as_secs_f64());
         let Some(outcome) = outcome else {
             // This process was presumed dead (its heartbeat could not be written)
             // and another worker took the command over: it is theirs to finish.
@@ -306,6 +311,7 @@ impl Inner {
                 if persist(record).await.is_err() {
                     return Settle::Requeue;
                 }
+                metrics::command(metrics::COMMANDS_WAITING, command.action);
                 if let Err(pe) = self.dispatcher.publish(&command.message(), Some(wait.after)).await {
                     // The row says waiting and unpublished: the relay publishes it once due.
                     tracing::warn!(error = %pe, "could not schedule the next look; the relay will");
@@ -321,6 +327,7 @@ impl Inner {
                 let record = || self.store.succeed_command(&lease, runner_update, result.clone());
                 match persist(record).await {
                     Ok(()) => {
+                        metrics::command(metrics::COMMANDS_SUCCEEDED, command.action);
                         tracing::info!(observed = done.runner.as_ref().map(|o| o.observed.as_str()), "command succeeded");
                         Settle::Ack
                     }
@@ -334,6 +341,7 @@ impl Inner {
                 if persist(|| self.store.retry_command(&lease, &e.message, next)).await.is_err() {
                     return Settle::Requeue;
                 }
+                metrics::command(metrics::COMMANDS_RETRIED, command.action);
                 let mut message = command.message();
                 message.attempt = command.attempts;
                 if let Err(pe) = self.dispatcher.publish(&message, Some(delay)).await {
@@ -349,6 +357,7 @@ impl Inner {
                 if persist(|| self.store.kill_command(&lease, &e.message, runner_state)).await.is_err() {
                     return Settle::Requeue;
                 }
+                metrics::command(metrics::COMMANDS_DEAD, command.action);
                 if let Err(pe) = self.dispatcher.queue().publish_dead(&command.message(), &e.message).await {
                     tracing::warn!(error = %pe, "could not park the message on the dead queue");
                 }

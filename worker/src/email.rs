@@ -180,9 +180,18 @@ impl Handler for EmailHandler {
         record(|| self.store.begin_delivery(id, &email.message_id, &email.to)).await?;
         fence::confirm().await?;
         let reply = match self.mailer.send(&self.from, &email).await {
-            Ok(reply) => reply,
-            Err(MailError::Transient(m)) => return Err(HandlerError::retryable(m)),
-            Err(MailError::Permanent(m)) => return Err(HandlerError::permanent(m)),
+            Ok(reply) => {
+                ::metrics::counter!(geonex_shared::metrics::EMAILS_SENT).increment(1);
+                reply
+            }
+            Err(MailError::Transient(m)) => {
+                ::metrics::counter!(geonex_shared::metrics::EMAILS_FAILED, "class" => "retryable").increment(1);
+                return Err(HandlerError::retryable(m));
+            }
+            Err(MailError::Permanent(m)) => {
+                ::metrics::counter!(geonex_shared::metrics::EMAILS_FAILED, "class" => "permanent").increment(1);
+                return Err(HandlerError::permanent(m));
+            }
         };
         record_acceptance(|| self.store.mark_sent(id, &reply)).await?;
         failpoint::hit("after-email-recorded").await;

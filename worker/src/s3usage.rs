@@ -56,7 +56,21 @@ impl Scanner {
         Self { objects, list_concurrency: list_concurrency.max(1), split_depth }
     }
 
+    /// Lists every object under the output and sums them; timed and counted
+    /// (`geonex_s3_scan_duration_seconds`, `geonex_s3_objects_listed_total`).
     pub async fn scan(&self, output: &S3Output) -> Result<Totals, StorageError> {
+        let started = std::time::Instant::now();
+        let result = self.list_all(output).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        ::metrics::histogram!(geonex_shared::metrics::S3_SCAN_DURATION, "result" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        if let Ok(t) = &result {
+            ::metrics::counter!(geonex_shared::metrics::S3_OBJECTS_LISTED).increment(t.objects.max(0) as u64);
+        }
+        result
+    }
+
+    async fn list_all(&self, output: &S3Output) -> Result<Totals, StorageError> {
         let limit = Arc::new(Semaphore::new(self.list_concurrency));
         let bucket: Arc<str> = Arc::from(output.bucket());
         let mut tasks = JoinSet::new();

@@ -71,6 +71,7 @@ pub async fn send_email(
     if submitted.created {
         tracing::info!(command_id = %c.command_id, "e-mail command accepted");
         app.dispatcher.publish_in_background(c.message());
+        geonex_shared::metrics::command(geonex_shared::metrics::COMMANDS_ACCEPTED, c.action);
     }
     let body = Accepted {
         command_id: c.command_id,

@@ -84,6 +84,7 @@ fn origin(app: &AppState, caller: &Caller, headers: &HeaderMap) -> CommandOrigin
 fn publish(app: &AppState, change: &ImageChange) {
     for c in &change.emails {
         app.dispatcher.publish_in_background(c.message());
+        geonex_shared::metrics::command(geonex_shared::metrics::COMMANDS_ACCEPTED, c.action);
     }
 }
 

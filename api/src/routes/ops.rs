@@ -131,3 +131,54 @@ pub async fn replay_command(State(app): State<AppState>, params: Params) -> Resu
 pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(crate::ApiDoc::openapi())
 }
+
+#[derive(Deserialize, IntoParams, ToSchema)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct CancelParams {
+    /// The command to cancel: queued, retrying or waiting.
+    command_id: Uuid,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct CancelResult {
+    pub command_id: Uuid,
+    /// Always `dead`: a cancelled command ends like one that failed, with
+    /// `last_error` saying who cancelled it, and can be replayed like one.
+    pub status: String,
+    pub last_error: String,
+}
+
+#[utoipa::path(post, path = "/cancel-command", tag = "commands", params(CancelParams),
+    request_body(content = CancelParams, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The command will not run: it is dead, cancelled", body = CancelResult),
+        (status = 400, description = "No or a malformed command_id", body = ErrorBody),
+        (status = 404, description = "The command does not exist", body = ErrorBody),
+        (status = 409, description = "The command is running or finished", body = ErrorBody),
+    ))]
+pub async fn cancel_command(
+    State(app): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+    params: Params,
+) -> Result<Json<CancelResult>, ApiError> {
+    let id = params
+        .parse_opt("command_id", |v| Uuid::parse_str(v).map_err(|_| FieldError::invalid("command_id", "must be a UUID")))?
+        .ok_or_else(|| FieldError::missing("command_id"))?;
+    let reason = format!("cancelled by {}", caller.label);
+    if app.db.cancel_command(id, &reason).await? {
+        tracing::info!(command_id = %id, by = %caller.label, "command cancelled");
+        return Ok(Json(CancelResult { command_id: id, status: "dead".into(), last_error: reason }));
+    }
+    match app.db.get_command(id).await? {
+        None => Err(ApiError::not_found(&format!("command {id}"), "command_id")),
+        Some(c) => Err(ApiError::Conflict {
+            code: "not_cancellable",
+            message: format!(
+                "command {id} is {}: only queued, retrying or waiting commands can be cancelled",
+                c.status.as_str()
+            ),
+            field: Some("command_id"),
+        }),
+    }
+}

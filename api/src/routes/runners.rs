@@ -182,6 +182,7 @@ async fn submit(
     if submitted.created {
         tracing::info!(command_id = %c.command_id, action = %c.action, runner_id = c.runner_id.as_deref().unwrap_or(""), "command accepted");
         app.dispatcher.publish_in_background(c.message());
+        geonex_shared::metrics::command(geonex_shared::metrics::COMMANDS_ACCEPTED, c.action);
     }
     let body = Accepted {
         command_id: c.command_id,

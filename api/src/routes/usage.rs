@@ -193,6 +193,7 @@ pub async fn get_s3_usage(
         if submitted.created {
             tracing::info!(command_id = %c.command_id, action = %c.action, "command accepted");
             app.dispatcher.publish_in_background(c.message());
+            geonex_shared::metrics::command(geonex_shared::metrics::COMMANDS_ACCEPTED, c.action);
         }
         Some(c.command_id)
     } else {

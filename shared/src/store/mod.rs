@@ -14,6 +14,7 @@ pub mod email;
 pub mod fleet;
 pub mod error;
 pub mod images;
+pub mod ops;
 pub mod plan;
 pub mod postgres;
 pub mod sql;
@@ -37,6 +38,7 @@ pub trait Database:
     + containers::ContainerStore
     + rate::RateStore
     + cost::CostStore
+    + ops::OpsStore
 {
 }
 
@@ -50,5 +52,6 @@ impl<T> Database for T where
         + containers::ContainerStore
         + rate::RateStore
         + cost::CostStore
+        + ops::OpsStore
 {
 }

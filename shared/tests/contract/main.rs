@@ -15,5 +15,6 @@ mod cost;
 mod email;
 mod fleet;
 mod images;
+mod ops;
 mod usage;
 mod users;

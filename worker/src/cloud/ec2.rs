@@ -93,10 +93,41 @@ pub fn classify(code: Option<&str>, http_status: Option<u16>) -> ErrorClass {
     }
 }
 
-fn cloud_error<E>(op: &str, err: SdkError<E, HttpResponse>) -> CloudError
+/// Counts one EC2 request by operation and outcome: `ok`, EC2's error code,
+/// or how the request failed without one (`timeout`, `dispatch_failure`, …).
+fn count(op: &'static str, code: &str) {
+    ::metrics::counter!(geonex_shared::metrics::EC2_REQUESTS, "operation" => op, "code" => code.to_owned()).increment(1);
+}
+
+/// A request's result, counted, with its error in the cloud port's terms.
+fn counted<T, E>(op: &'static str, result: Result<T, SdkError<E, HttpResponse>>) -> Result<T, CloudError>
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
+    match result {
+        Ok(v) => {
+            count(op, "ok");
+            Ok(v)
+        }
+        Err(e) => Err(cloud_error(op, e)),
+    }
+}
+
+/// Counted too: every failed request passes through here.
+fn cloud_error<E>(op: &'static str, err: SdkError<E, HttpResponse>) -> CloudError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let code = match &err {
+        SdkError::ServiceError(se) => se.err().code().unwrap_or("unknown").to_owned(),
+        SdkError::TimeoutError(_) => "timeout".into(),
+        SdkError::DispatchFailure(_) => "dispatch_failure".into(),
+        SdkError::ResponseError(_) => "response_error".into(),
+        _ => "other".into(),
+    };
+    // EC2's codes are a fixed vocabulary; anything else is bounded to keep the series few.
+    let code = if code.len() <= 64 && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_') { code } else { "other".into() };
+    count(op, &code);
     match &err {
         SdkError::ServiceError(se) => {
             let code = se.err().code();
@@ -170,7 +201,7 @@ impl Cloud for Ec2Cloud {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| cloud_error("DescribeInstances", e))?;
+            let page = counted("DescribeInstances", page)?;
             for r in page.reservations() {
                 out.extend(r.instances().iter().filter_map(info).filter(|i| !i.state.is_gone()));
             }
@@ -188,7 +219,7 @@ impl Cloud for Ec2Cloud {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| cloud_error("DescribeInstances", e))?;
+            let page = counted("DescribeInstances", page)?;
             for r in page.reservations() {
                 out.extend(r.instances().iter().filter_map(info));
             }
@@ -197,10 +228,9 @@ impl Cloud for Ec2Cloud {
     }
 
     async fn describe(&self, instance_id: &str) -> Result<Option<InstanceInfo>, CloudError> {
-        match self.client.describe_instances().instance_ids(instance_id).send().await {
+        match counted("DescribeInstances", self.client.describe_instances().instance_ids(instance_id).send().await) {
             Ok(out) => Ok(out.reservations().iter().flat_map(|r| r.instances()).find_map(info)),
             Err(e) => {
-                let e = cloud_error("DescribeInstances", e);
                 if e.is_not_found() { Ok(None) } else { Err(e) }
             }
         }
@@ -213,13 +243,12 @@ impl Cloud for Ec2Cloud {
             // EC2 refuses the whole request if one id is unknown, naming the
             // unknown ones: those are gone; ask again for the rest.
             while !ids.is_empty() {
-                match self.client.describe_instances().set_instance_ids(Some(ids.clone())).send().await {
+                match counted("DescribeInstances", self.client.describe_instances().set_instance_ids(Some(ids.clone())).send().await) {
                     Ok(page) => {
                         out.extend(page.reservations().iter().flat_map(|r| r.instances()).filter_map(info));
                         break;
                     }
                     Err(e) => {
-                        let e = cloud_error("DescribeInstances", e);
                         if !e.is_not_found() {
                             return Err(e);
                         }
@@ -282,7 +311,7 @@ impl Cloud for Ec2Cloud {
             };
             req = req.iam_instance_profile(spec);
         }
-        let out = req.send().await.map_err(|e| cloud_error("RunInstances", e))?;
+        let out = counted("RunInstances", req.send().await)?;
         out.instances()
             .iter()
             .find_map(info)
@@ -297,6 +326,7 @@ impl Cloud for Ec2Cloud {
             .await
             .map(|_| ())
             .map_err(|e| cloud_error("StartInstances", e))
+            .inspect(|_| count("StartInstances", "ok"))
     }
 
     async fn stop(&self, instance_id: &str) -> Result<(), CloudError> {
@@ -307,6 +337,7 @@ impl Cloud for Ec2Cloud {
             .await
             .map(|_| ())
             .map_err(|e| cloud_error("StopInstances", e))
+            .inspect(|_| count("StopInstances", "ok"))
     }
 
     async fn terminate(&self, instance_id: &str) -> Result<(), CloudError> {
@@ -317,6 +348,7 @@ impl Cloud for Ec2Cloud {
             .await
             .map(|_| ())
             .map_err(|e| cloud_error("TerminateInstances", e))
+            .inspect(|_| count("TerminateInstances", "ok"))
     }
 
     async fn set_user_data(&self, instance_id: &str, user_data: &str) -> Result<(), CloudError> {
@@ -331,6 +363,7 @@ impl Cloud for Ec2Cloud {
             .await
             .map(|_| ())
             .map_err(|e| cloud_error("ModifyInstanceAttribute", e))
+            .inspect(|_| count("ModifyInstanceAttribute", "ok"))
     }
 
     fn describe_self(&self) -> String {

@@ -21,6 +21,7 @@ mod driver;
 mod email;
 mod fleet;
 mod images;
+mod ops;
 mod rows;
 mod usage;
 mod users;
