@@ -103,6 +103,22 @@ async fn wait_text(browser: &Client, css: &str, want: &str, within: Duration) {
     }
 }
 
+/// The element once the page shows it and it takes input (a form appears a
+/// moment after the click that reveals it).
+async fn interactable(browser: &Client, css: &str) -> fantoccini::elements::Element {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(e) = browser.find(Locator::Css(css)).await
+            && e.is_displayed().await.unwrap_or(false)
+            && e.is_enabled().await.unwrap_or(false)
+        {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "{css} never became visible and enabled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn an_operator_watches_a_runner_start_and_replays_a_dead_command_in_the_console() {
     let driver = Driver::start().await;
@@ -128,8 +144,8 @@ async fn an_operator_watches_a_runner_start_and_replays_a_dead_command_in_the_co
 
     // Sign in by pasting the token.
     browser.goto(&format!("{}/console", app.address)).await.unwrap();
-    browser.find(Locator::Css("#token-input")).await.unwrap().send_keys(&app.token).await.unwrap();
-    browser.find(Locator::Css("#token-save")).await.unwrap().click().await.unwrap();
+    interactable(&browser, "#token-input").await.send_keys(&app.token).await.unwrap();
+    interactable(&browser, "#token-save").await.click().await.unwrap();
     wait_text(&browser, "#live", "live", Duration::from_secs(15)).await;
     wait_text(&browser, "#whoami", "admin", Duration::from_secs(5)).await;
     // Marks this page load: a reload would lose it.
@@ -155,7 +171,7 @@ async fn an_operator_watches_a_runner_start_and_replays_a_dead_command_in_the_co
     proxy.restore();
 
     // ... shows among the dead letters, and Replay brings it through.
-    browser.find(Locator::Css("#tab-dead")).await.unwrap().click().await.unwrap();
+    interactable(&browser, "#tab-dead").await.click().await.unwrap();
     let status = format!("#dead tr[data-command-id=\"{dead_id}\"] td.status");
     wait_text(&browser, &status, "dead", Duration::from_secs(10)).await;
     screenshot(&browser, "dead-letters.png").await;
@@ -176,7 +192,7 @@ async fn an_operator_watches_a_runner_start_and_replays_a_dead_command_in_the_co
             .await
             .unwrap();
     }
-    browser.find(Locator::Css("#tab-commands")).await.unwrap().click().await.unwrap();
+    interactable(&browser, "#tab-commands").await.click().await.unwrap();
     let in_list = format!("#commands tr[data-command-id=\"{dead_id}\"] td.status");
     wait_text(&browser, &in_list, "succeeded", Duration::from_secs(10)).await;
     screenshot(&browser, "commands.png").await;
@@ -199,12 +215,12 @@ async fn an_operator_watches_a_runner_start_and_replays_a_dead_command_in_the_co
         })))
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
-    browser.find(Locator::Css("#logout")).await.unwrap().click().await.unwrap();
-    browser.find(Locator::Css("#login-user")).await.unwrap().send_keys(&name).await.unwrap();
-    browser.find(Locator::Css("#login-password")).await.unwrap().send_keys(password).await.unwrap();
-    browser.find(Locator::Css("#login-form button")).await.unwrap().click().await.unwrap();
+    interactable(&browser, "#logout").await.click().await.unwrap();
+    interactable(&browser, "#login-user").await.send_keys(&name).await.unwrap();
+    interactable(&browser, "#login-password").await.send_keys(password).await.unwrap();
+    interactable(&browser, "#login-form button").await.click().await.unwrap();
     wait_text(&browser, "#whoami", "user", Duration::from_secs(15)).await;
-    browser.find(Locator::Css("#tab-images")).await.unwrap().click().await.unwrap();
+    interactable(&browser, "#tab-images").await.click().await.unwrap();
     let approve = format!("#images tr[data-image=\"{image}\"] button[data-act=\"approve\"]");
     let button = browser.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css(&approve)).await.unwrap();
     assert!(!button.is_enabled().await.unwrap(), "a user's Approve is disabled");
