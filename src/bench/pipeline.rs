@@ -134,7 +134,7 @@ impl Target {
         let result = tokio::try_join!(sent, done);
         let elapsed = started.elapsed();
         ticker.finish().await;
-        let (sent, ()) = result.with_context(|| format!("{label}"))?;
+        let (sent, ()) = result.with_context(|| label.to_owned())?;
         Ok((sent, elapsed))
     }
 
@@ -402,7 +402,7 @@ async fn production(
         measured("bare_axum 200", bare.as_ref().map(|b| ms(b.0.latencies.percentile(99.0)))),
     ));
     rows.push(Row::new(
-        format!("/describe-runners 304 requests/s (If-None-Match; target 50% of bare_axum)"),
+        "/describe-runners 304 requests/s (If-None-Match; target 50% of bare_axum)",
         not_modified.per_sec(),
         Unit::PerSec,
         measured("bare_axum 304", bare.as_ref().map(|b| b.1.per_sec())),

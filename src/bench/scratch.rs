@@ -19,19 +19,21 @@ pub struct ScratchDatabase {
 impl ScratchDatabase {
     pub async fn create(admin: &str) -> anyhow::Result<Self> {
         let name = format!("geonex_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let mut conn = sqlx::PgConnection::connect(admin).await.context("connecting to PostgreSQL (--database-url)")?;
-        // `create database` refuses a name that exists: an existing database is never reused.
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}")))
-            .execute(&mut conn)
-            .await
-            .with_context(|| format!("creating the scratch database {name}"))?;
-        let _ = conn.close().await;
         let (base, query) = match admin.split_once('?') {
             Some((b, q)) => (b, format!("?{q}")),
             None => (admin, String::new()),
         };
-        let server = base.rsplit_once('/').map_or(base, |(s, _)| s);
+        // `postgres://host/db` or `postgres://host`: the server is what comes before the database.
+        let (scheme, rest) = base.split_once("://").context("--database-url must look like postgres://user@host:port/db")?;
+        let server = format!("{scheme}://{}", rest.split('/').next().unwrap_or(rest));
         let db = Self { url: format!("{server}/{name}{query}"), name, admin: admin.to_owned() };
+        let mut conn = sqlx::PgConnection::connect(admin).await.context("connecting to PostgreSQL (--database-url)")?;
+        // `create database` refuses a name that exists: an existing database is never reused.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {}", db.name)))
+            .execute(&mut conn)
+            .await
+            .with_context(|| format!("creating the scratch database {}", db.name))?;
+        let _ = conn.close().await;
         // A template database with tables in it would hand them to the scratch
         // database: the bench measures an empty one or none.
         let tables = async {
