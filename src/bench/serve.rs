@@ -184,9 +184,7 @@ pub async fn token(env: &[(String, String)], name: &str, role: &str) -> anyhow::
 pub async fn approve_image(url: &str, admin_token: &str, image: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let form = [("image_name", image), ("description", "benchmark image"), ("organization", "GeoNEX")];
-    let steps: [(&str, &[(&str, &str)], StatusCode); 2] =
-        [("register-image", &form, StatusCode::CREATED), ("approve-image", &form[..1], StatusCode::OK)];
-    for (path, body, expect) in steps {
+    for (path, body, expect) in [("register-image", &form[..], StatusCode::CREATED), ("approve-image", &form[..1], StatusCode::OK)] {
         let resp = http
             .post(format!("{url}/{path}"))
             .bearer_auth(admin_token)
