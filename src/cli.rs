@@ -53,13 +53,7 @@ pub enum Command {
     },
     /// Measure performance against real services (not a test).
     #[command(subcommand)]
-    Bench(Bench),
-}
-
-#[derive(Subcommand)]
-pub enum Bench {
-    /// Time a usage scan of a large bucket against `aws s3 ls --recursive --summarize`.
-    S3Usage(crate::bench::S3UsageBench),
+    Bench(crate::bench::Bench),
 }
 
 #[derive(Subcommand)]
@@ -135,7 +129,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             };
             replay(settings, selector).await
         }
-        Command::Bench(Bench::S3Usage(args)) => crate::bench::run(args, settings).await,
+        Command::Bench(bench) => crate::bench::run(bench, settings).await,
     }
 }
 

@@ -7,6 +7,7 @@ mod helpers;
 
 mod agent;
 mod auth;
+mod bench;
 mod budget;
 mod cancel;
 mod console;

@@ -1,0 +1,32 @@
+//! `geonex bench …`: measurements against real services, printed side by side
+//! with a baseline measured in the same run. They are not tests: each run
+//! creates its own scratch data and removes it afterwards.
+
+mod baseline;
+mod load;
+mod pipeline;
+mod probe;
+mod progress;
+pub mod s3usage;
+mod scratch;
+mod serve;
+mod table;
+
+use geonex_shared::config::Settings;
+
+#[derive(clap::Subcommand)]
+pub enum Bench {
+    /// Time a usage scan of a large bucket against `aws s3 ls --recursive --summarize`.
+    S3Usage(s3usage::S3UsageBench),
+    /// Measure the command pipeline end to end (commands/s, accept latency,
+    /// polling, memory) in a scratch database and vhost, beside the anchors.
+    Pipeline(pipeline::PipelineBench),
+}
+
+pub async fn run(bench: Bench, settings: Settings) -> anyhow::Result<()> {
+    match bench {
+        Bench::S3Usage(args) => s3usage::run(args, settings).await,
+        // Its settings are its arguments: what it starts gets an environment of its own.
+        Bench::Pipeline(args) => pipeline::run(args).await,
+    }
+}
