@@ -87,72 +87,71 @@ async fn send(req: reqwest::RequestBuilder, expect: StatusCode, i: usize) -> any
     Ok(())
 }
 
-/// `concurrency` requests in flight until `until`; every answer must be `expect`.
-pub async fn closed_loop(
-    client: &reqwest::Client,
-    until: Until,
-    concurrency: usize,
-    expect: StatusCode,
-    make: MakeRequest,
-    progress: &Arc<Progress>,
-) -> anyhow::Result<Outcome> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..concurrency.max(1) {
-        let (client, make, next, progress) = (client.clone(), make.clone(), next.clone(), progress.clone());
-        tasks.spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let more = match until {
-                    Until::Count(n) => i < n,
-                    Until::Elapsed(d) => started.elapsed() < d,
-                };
-                if !more {
-                    return Ok::<_, anyhow::Error>(latencies);
-                }
-                let t = Instant::now();
-                send(make(&client, i), expect, i).await?;
-                latencies.push(t.elapsed());
-                progress.sent.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-    }
-    let mut all = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        all.extend(done.context("a load task panicked")??);
-    }
-    Ok(Outcome { requests: all.len(), elapsed: started.elapsed(), latencies: Latencies::new(all) })
+/// One run of load: the requests `make` builds, sent by `client`, each answer
+/// checked to be `expect` and counted in `progress`.
+pub struct Load<'a> {
+    pub client: &'a reqwest::Client,
+    pub expect: StatusCode,
+    pub make: MakeRequest,
+    pub progress: &'a Arc<Progress>,
 }
 
-/// `count` requests at `rate` a second, each timed from when it was due.
-pub async fn open_loop(
-    client: &reqwest::Client,
-    rate: u32,
-    count: usize,
-    expect: StatusCode,
-    make: MakeRequest,
-    progress: &Arc<Progress>,
-) -> anyhow::Result<Outcome> {
-    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
-    let started = tokio::time::Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..count {
-        let due = started + interval.mul_f64(i as f64);
-        tokio::time::sleep_until(due).await;
-        let (req, progress) = (make(client, i), progress.clone());
-        tasks.spawn(async move {
-            send(req, expect, i).await?;
-            progress.sent.fetch_add(1, Ordering::Relaxed);
-            Ok::<_, anyhow::Error>(due.elapsed())
-        });
+impl Load<'_> {
+    /// `concurrency` requests in flight until `until`.
+    pub async fn closed_loop(self, until: Until, concurrency: usize) -> anyhow::Result<Outcome> {
+        let Load { client, expect, make, progress } = self;
+        let next = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..concurrency.max(1) {
+            let (client, make, next, progress) = (client.clone(), make.clone(), next.clone(), progress.clone());
+            tasks.spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let more = match until {
+                        Until::Count(n) => i < n,
+                        Until::Elapsed(d) => started.elapsed() < d,
+                    };
+                    if !more {
+                        return Ok::<_, anyhow::Error>(latencies);
+                    }
+                    let t = Instant::now();
+                    send(make(&client, i), expect, i).await?;
+                    latencies.push(t.elapsed());
+                    progress.sent.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            all.extend(done.context("a load task panicked")??);
+        }
+        Ok(Outcome { requests: all.len(), elapsed: started.elapsed(), latencies: Latencies::new(all) })
     }
-    let mut all = Vec::with_capacity(count);
-    while let Some(done) = tasks.join_next().await {
-        all.push(done.context("a load task panicked")??);
+
+    /// `count` requests at `rate` a second, each timed from when it was due.
+    pub async fn open_loop(self, rate: u32, count: usize) -> anyhow::Result<Outcome> {
+        let Load { client, expect, make, progress } = self;
+        let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+        let started = tokio::time::Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..count {
+            let due = started + interval.mul_f64(i as f64);
+            tokio::time::sleep_until(due).await;
+            let (req, progress) = (make(client, i), progress.clone());
+            tasks.spawn(async move {
+                send(req, expect, i).await?;
+                progress.sent.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, anyhow::Error>(due.elapsed())
+            });
+        }
+        let mut all = Vec::with_capacity(count);
+        while let Some(done) = tasks.join_next().await {
+            all.push(done.context("a load task panicked")??);
+        }
+        Ok(Outcome { requests: all.len(), elapsed: started.elapsed(), latencies: Latencies::new(all) })
     }
-    Ok(Outcome { requests: all.len(), elapsed: started.elapsed(), latencies: Latencies::new(all) })
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, ETAG, HeaderValue, IF_NONE_MATCH};
 
 use super::baseline::{self, Anchors, BareAxum, RawAmqp};
-use super::load::{self, MakeRequest, Outcome, Until};
+use super::load::{self, Load, MakeRequest, Outcome, Until};
 use super::probe::Probe;
 use super::progress::Progress;
 use super::scratch::{ScratchDatabase, ScratchDir, ScratchVhost};
@@ -70,7 +70,7 @@ pub struct PipelineBench {
 }
 
 /// The image every benchmark runner runs.
-const IMAGE: &str = "geonex/bench:1";
+pub(super) const IMAGE: &str = "geonex/bench:1";
 
 pub async fn run(args: PipelineBench) -> anyhow::Result<()> {
     if args.commands < 2 || args.runners == 0 || args.concurrency == 0 || args.rate == 0 {
@@ -111,25 +111,26 @@ pub async fn run(args: PipelineBench) -> anyhow::Result<()> {
 }
 
 /// What one run against a serving process needs.
-struct Target {
-    url: String,
-    auth: HeaderValue,
-    probe: Probe,
-    client: reqwest::Client,
-    progress: Arc<Progress>,
-    concurrency: usize,
+pub(super) struct Target {
+    pub url: String,
+    pub auth: HeaderValue,
+    pub probe: Probe,
+    pub client: reqwest::Client,
+    pub progress: Arc<Progress>,
+    pub concurrency: usize,
 }
 
 impl Target {
     /// Sends `total` requests made by `make`, each expecting 202, and waits
     /// until all their commands have succeeded; returns the HTTP run and the
     /// time from the first request to the last success.
-    async fn commands(&self, label: &str, total: usize, make: MakeRequest) -> anyhow::Result<(Outcome, Duration)> {
+    pub async fn commands(&self, label: &str, total: usize, make: MakeRequest) -> anyhow::Result<(Outcome, Duration)> {
         let seq = self.probe.last_seq().await?;
         self.progress.phase(label, total);
         let ticker = self.progress.show();
         let started = Instant::now();
-        let sent = load::closed_loop(&self.client, Until::Count(total), self.concurrency, StatusCode::ACCEPTED, make, &self.progress);
+        let sent = Load { client: &self.client, expect: StatusCode::ACCEPTED, make, progress: &self.progress }
+            .closed_loop(Until::Count(total), self.concurrency);
         let done = self.probe.wait_succeeded(seq, total, &self.progress);
         let result = tokio::try_join!(sent, done);
         let elapsed = started.elapsed();
@@ -139,7 +140,7 @@ impl Target {
     }
 
     /// Start-runner requests for the runners `{prefix}{i:06}`.
-    fn starts(&self, prefix: &str) -> MakeRequest {
+    pub fn starts(&self, prefix: &str) -> MakeRequest {
         let (base, auth, prefix) = (format!("{}/start-runner", self.url), self.auth.clone(), prefix.to_owned());
         Arc::new(move |client, i| {
             let url = format!(
@@ -181,7 +182,7 @@ async fn poll(
         }
         req
     });
-    let out = load::closed_loop(client, Until::Elapsed(Duration::from_secs(secs)), concurrency, expect, make, progress).await;
+    let out = Load { client, expect, make, progress }.closed_loop(Until::Elapsed(Duration::from_secs(secs)), concurrency).await;
     ticker.finish().await;
     out
 }
@@ -425,7 +426,8 @@ async fn production(
     let seq = t.probe.last_seq().await?;
     t.progress.phase(&format!("{} start-runner requests/s offered", args.rate), count);
     let ticker = t.progress.show();
-    let offered = load::open_loop(&t.client, args.rate, count, StatusCode::ACCEPTED, t.starts("bench-l-"), &t.progress);
+    let offered = Load { client: &t.client, expect: StatusCode::ACCEPTED, make: t.starts("bench-l-"), progress: &t.progress }
+        .open_loop(args.rate, count);
     let done = t.probe.wait_succeeded(seq, count, &t.progress);
     let result = tokio::try_join!(offered, done);
     ticker.finish().await;

@@ -1,8 +1,6 @@
 //! `POST /cancel-command`: a command that has not started is ended, and no
 //! worker runs it afterwards.
 
-use std::time::Duration;
-
 use geonex::startup::Role;
 
 use crate::helpers::{TestConfig, spawn_app_with, unique};
@@ -38,7 +36,12 @@ async fn a_queued_command_cancelled_before_any_worker_runs_it_stays_dead_and_lau
 
     // A worker that comes up finds its message and drops it.
     let worker = app.deployment.spawn(Role::Worker).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A command queued behind it on the same queue: once that one has run,
+    // the worker has had the cancelled one in its hands.
+    let behind = app.start_runner(&unique("behind"), "geonex/fire:1.5").await;
+    assert_eq!(behind.status, 202, "{}", behind.body);
+    let behind = app.wait_command(behind.body["command_id"].as_str().unwrap(), &["succeeded", "dead"]).await;
+    assert_eq!(behind["status"], "succeeded", "{behind}");
     assert_eq!(app.command(&id).await["status"], "dead");
     assert!(app.instances_of(&runner_id).await.is_empty(), "nothing was launched");
     // Replay is how it runs after all.

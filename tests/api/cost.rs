@@ -184,7 +184,13 @@ async fn a_budget_warns_once_then_stops_exactly_its_owners_runners_and_refuses_t
         budget_mails(&app).await == vec![("budget_warning".to_owned(), "boss@example.org".to_owned())]
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let crossed = chrono::Utc::now();
+    eventually("a budget check after the crossing", Duration::from_secs(20), || async {
+        let listed = app.get("/describe-budgets").await;
+        let checked = listed.body["budgets"][0]["checked_at"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        checked.is_some_and(|t| t > crossed)
+    })
+    .await;
     assert_eq!(budget_mails(&app).await.len(), 1, "checks after the crossing send nothing more");
     assert_eq!(app.runner(&mine).await["desired_state"], "running");
     let listed = app.get("/describe-budgets").await;

@@ -319,6 +319,21 @@ function matchesFilter(c) {
   return true;
 }
 
+/** One command as a table row: when (`at` of a live event when the record has
+ *  no time yet), what, its state, then the `extra` cells. */
+function commandRow(c, at, ...extra) {
+  return el("tr", { "data-command-id": c.command_id },
+    el("td", {}, when(at || c.at)),
+    el("td", {}, c.command_id),
+    el("td", {}, c.action),
+    el("td", {}, c.runner_id || ""),
+    el("td", { class: "status status-" + c.status }, c.status),
+    el("td", {}, String(c.attempts)),
+    el("td", { class: "params" }, c.params ? JSON.stringify(c.params) : ""),
+    el("td", { class: "error" }, c.last_error || ""),
+    ...extra);
+}
+
 function renderCommands() {
   const tbody = $("#commands tbody");
   tbody.replaceChildren();
@@ -327,18 +342,7 @@ function renderCommands() {
     if (["queued", "retrying", "waiting"].includes(c.status)) {
       actions.append(el("button", { type: "button", "data-act": "cancel", "data-id": c.command_id, "data-role": "operator" }, "Cancel"));
     }
-    tbody.append(
-      el("tr", { "data-command-id": c.command_id },
-        el("td", {}, when(c.created_at || c.at)),
-        el("td", {}, c.command_id),
-        el("td", {}, c.action),
-        el("td", {}, c.runner_id || ""),
-        el("td", { class: "status status-" + c.status }, c.status),
-        el("td", {}, String(c.attempts)),
-        el("td", { class: "params" }, c.params ? JSON.stringify(c.params) : ""),
-        el("td", { class: "error" }, c.last_error || ""),
-        el("td", {}, c.requested_by || ""),
-        actions));
+    tbody.append(commandRow(c, c.created_at, el("td", {}, c.requested_by || ""), actions));
   }
   $("#commands-more").hidden = !state.commandsCursor;
   gate($("#commands"));
@@ -367,17 +371,7 @@ function renderDead() {
     if (c.status === "dead") {
       actions.append(el("button", { type: "button", "data-act": "replay", "data-id": c.command_id, "data-role": "admin" }, "Replay"));
     }
-    tbody.append(
-      el("tr", { "data-command-id": c.command_id },
-        el("td", {}, when(c.finished_at || c.at)),
-        el("td", {}, c.command_id),
-        el("td", {}, c.action),
-        el("td", {}, c.runner_id || ""),
-        el("td", { class: "status status-" + c.status }, c.status),
-        el("td", {}, String(c.attempts)),
-        el("td", { class: "params" }, c.params ? JSON.stringify(c.params) : ""),
-        el("td", { class: "error" }, c.last_error || ""),
-        actions));
+    tbody.append(commandRow(c, c.finished_at, actions));
   }
   if (!state.dead.size) tbody.append(el("tr", {}, el("td", { colSpan: 9 }, "No dead commands.")));
   gate($("#dead"));

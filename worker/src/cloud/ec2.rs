@@ -20,6 +20,7 @@ use super::{
     TAG_RUNNER_NAME,
 };
 use crate::retry::ErrorClass;
+use super::count_request as count;
 
 pub struct Ec2Cloud {
     client: Client,
@@ -93,11 +94,6 @@ pub fn classify(code: Option<&str>, http_status: Option<u16>) -> ErrorClass {
     }
 }
 
-/// Counts one EC2 request by operation and outcome: `ok`, EC2's error code,
-/// or how the request failed without one (`timeout`, `dispatch_failure`, …).
-fn count(op: &'static str, code: &str) {
-    ::metrics::counter!(geonex_shared::metrics::EC2_REQUESTS, "operation" => op, "code" => code.to_owned()).increment(1);
-}
 
 /// A request's result, counted, with its error in the cloud port's terms.
 fn counted<T, E>(op: &'static str, result: Result<T, SdkError<E, HttpResponse>>) -> Result<T, CloudError>

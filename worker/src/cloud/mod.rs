@@ -131,3 +131,10 @@ pub trait Cloud: Send + Sync + 'static {
         None
     }
 }
+
+/// Counts one EC2 request by operation and outcome: `ok`, EC2's error code,
+/// or how the request failed without one (`timeout`, `dispatch_failure`, …).
+/// The simulated cloud counts its calls the same way.
+pub(crate) fn count_request(op: &'static str, code: &str) {
+    ::metrics::counter!(geonex_shared::metrics::EC2_REQUESTS, "operation" => op, "code" => code.to_owned()).increment(1);
+}

@@ -292,8 +292,15 @@ impl SimCloud {
         Ok(())
     }
 
-    /// Latency and injected faults, before any call.
-    async fn weather(&self, call: SimCall) -> Result<(), CloudError> {
+    /// Latency and injected faults, before any call; the call is counted as
+    /// the EC2 adapter counts its requests, by operation and outcome.
+    async fn weather(&self, call: SimCall, op: &'static str) -> Result<(), CloudError> {
+        let result = self.conditions(call).await;
+        super::count_request(op, result.as_ref().err().and_then(|e| e.code.as_deref()).unwrap_or("ok"));
+        result
+    }
+
+    async fn conditions(&self, call: SimCall) -> Result<(), CloudError> {
         let s = &self.settings;
         let launching = call == SimCall::Run;
         if s.latency_ms > 0 {
@@ -394,7 +401,7 @@ fn new_instance_id() -> String {
 #[async_trait]
 impl Cloud for SimCloud {
     async fn find_runner_instances(&self, runner_id: &str) -> Result<Vec<InstanceInfo>, CloudError> {
-        self.weather(SimCall::Describe).await?;
+        self.weather(SimCall::Describe, "DescribeInstances").await?;
         self.calls.describe.fetch_add(1, Ordering::Relaxed);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Utc::now();
@@ -412,14 +419,14 @@ impl Cloud for SimCloud {
     }
 
     async fn list_fleet_instances(&self) -> Result<Vec<InstanceInfo>, CloudError> {
-        self.weather(SimCall::Describe).await?;
+        self.weather(SimCall::Describe, "DescribeInstances").await?;
         self.calls.describe.fetch_add(1, Ordering::Relaxed);
         // One simulated cloud serves one deployment: its whole fleet.
         Ok(self.instances().into_iter().filter(|i| i.state != ObservedState::Terminated).collect())
     }
 
     async fn describe(&self, instance_id: &str) -> Result<Option<InstanceInfo>, CloudError> {
-        self.weather(SimCall::Describe).await?;
+        self.weather(SimCall::Describe, "DescribeInstances").await?;
         self.calls.describe.fetch_add(1, Ordering::Relaxed);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Utc::now();
@@ -432,7 +439,7 @@ impl Cloud for SimCloud {
     async fn describe_many(&self, instance_ids: &[String]) -> Result<Vec<InstanceInfo>, CloudError> {
         let mut out = Vec::with_capacity(instance_ids.len());
         for chunk in instance_ids.chunks(DESCRIBE_BATCH) {
-            self.weather(SimCall::Describe).await?;
+            self.weather(SimCall::Describe, "DescribeInstances").await?;
             self.calls.describe.fetch_add(1, Ordering::Relaxed);
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let now = Utc::now();
@@ -447,7 +454,7 @@ impl Cloud for SimCloud {
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<InstanceInfo, CloudError> {
-        self.weather(SimCall::Run).await?;
+        self.weather(SimCall::Run, "RunInstances").await?;
         let s = &self.settings;
         if s.short_instance_types.iter().any(|t| t == &spec.instance_type) {
             let message = format!("no {} capacity in the simulated zone", spec.instance_type);
@@ -491,7 +498,7 @@ impl Cloud for SimCloud {
     }
 
     async fn start(&self, instance_id: &str) -> Result<(), CloudError> {
-        self.weather(SimCall::Start).await?;
+        self.weather(SimCall::Start, "StartInstances").await?;
         self.calls.start.fetch_add(1, Ordering::Relaxed);
         self.change_instance(instance_id, |i, now| match i.phase {
             Phase::Stopped => {
@@ -508,7 +515,7 @@ impl Cloud for SimCloud {
     }
 
     async fn stop(&self, instance_id: &str) -> Result<(), CloudError> {
-        self.weather(SimCall::Mutating).await?;
+        self.weather(SimCall::Mutating, "StopInstances").await?;
         self.calls.stop.fetch_add(1, Ordering::Relaxed);
         self.change_instance(instance_id, |i, now| match i.phase {
             Phase::Running => {
@@ -525,7 +532,7 @@ impl Cloud for SimCloud {
     }
 
     async fn terminate(&self, instance_id: &str) -> Result<(), CloudError> {
-        self.weather(SimCall::Terminate).await?;
+        self.weather(SimCall::Terminate, "TerminateInstances").await?;
         self.calls.terminate.fetch_add(1, Ordering::Relaxed);
         self.change_instance(instance_id, |i, now| {
             if !matches!(i.phase, Phase::ShuttingDown | Phase::Terminated) {
@@ -537,7 +544,7 @@ impl Cloud for SimCloud {
     }
 
     async fn set_user_data(&self, instance_id: &str, user_data: &str) -> Result<(), CloudError> {
-        self.weather(SimCall::Mutating).await?;
+        self.weather(SimCall::Mutating, "ModifyInstanceAttribute").await?;
         self.change_instance(instance_id, |i, _| {
             if i.phase != Phase::Stopped {
                 return Err(error(ErrorClass::Retryable, "IncorrectInstanceState", "user data changes need a stopped instance"));

@@ -77,8 +77,15 @@ async fn cancel_command<D: Driver>(driver: &D, command_id: uuid::Uuid, reason: &
 /// The channel the triggers of `0013_events.sql` notify.
 const CHANNEL: &str = "geonex_events";
 
+/// What each database does its own way: its pool's figures and its change feed.
 #[async_trait]
-impl OpsStore for SqlStore<PgDriver> {
+pub trait OpsDriver: Driver {
+    fn pool_stat(&self) -> PoolStat;
+    async fn listen(&self) -> Result<Box<dyn ChangeListener>, StoreError>;
+}
+
+#[async_trait]
+impl<D: OpsDriver> OpsStore for SqlStore<D> {
     async fn cancel_command(&self, command_id: uuid::Uuid, reason: &str) -> Result<bool, StoreError> {
         cancel_command(self.driver(), command_id, reason).await
     }
@@ -96,14 +103,28 @@ impl OpsStore for SqlStore<PgDriver> {
     }
 
     fn pool_stat(&self) -> PoolStat {
-        let pool = self.driver().pool();
-        PoolStat { size: pool.size(), idle: pool.num_idle() as u32, max: pool.options().get_max_connections() }
+        self.driver().pool_stat()
+    }
+
+    async fn listen(&self) -> Result<Box<dyn ChangeListener>, StoreError> {
+        self.driver().listen().await
+    }
+}
+
+fn pool_stat<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> PoolStat {
+    PoolStat { size: pool.size(), idle: pool.num_idle() as u32, max: pool.options().get_max_connections() }
+}
+
+#[async_trait]
+impl OpsDriver for PgDriver {
+    fn pool_stat(&self) -> PoolStat {
+        pool_stat(self.pool())
     }
 
     async fn listen(&self) -> Result<Box<dyn ChangeListener>, StoreError> {
         // A connection of its own, outside the pool: it is held for as long as
         // the process listens.
-        let mut listener = sqlx::postgres::PgListener::connect_with(self.driver().pool()).await?;
+        let mut listener = sqlx::postgres::PgListener::connect_with(self.pool()).await?;
         listener.listen(CHANNEL).await?;
         Ok(Box::new(PgChangeListener { listener }))
     }
@@ -127,30 +148,13 @@ impl ChangeListener for PgChangeListener {
 }
 
 #[async_trait]
-impl OpsStore for SqlStore<SqliteDriver> {
-    async fn cancel_command(&self, command_id: uuid::Uuid, reason: &str) -> Result<bool, StoreError> {
-        cancel_command(self.driver(), command_id, reason).await
-    }
-
-    async fn queue_stats(&self) -> Result<Vec<QueueStat>, StoreError> {
-        queue_stats(self.driver()).await
-    }
-
-    async fn outbox_stat(&self) -> Result<OutboxStat, StoreError> {
-        outbox_stat(self.driver()).await
-    }
-
-    async fn runners_by_state(&self) -> Result<Vec<(ObservedState, i64)>, StoreError> {
-        runners_by_state(self.driver()).await
-    }
-
+impl OpsDriver for SqliteDriver {
     fn pool_stat(&self) -> PoolStat {
-        let pool = self.driver().pool();
-        PoolStat { size: pool.size(), idle: pool.num_idle() as u32, max: pool.options().get_max_connections() }
+        pool_stat(self.pool())
     }
 
     async fn listen(&self) -> Result<Box<dyn ChangeListener>, StoreError> {
-        let driver = self.driver().clone();
+        let driver = self.clone();
         let cursor = driver.conn().await?.fetch_one(&LOG_END, vec![]).await?.int("last")?;
         Ok(Box::new(LogListener { driver, cursor, pruned: Instant::now() }))
     }
