@@ -454,6 +454,11 @@ impl Application {
                 usage_settings: settings.s3usage.clone(),
                 usage_extra_outputs: extra_outputs.clone(),
                 events: Some(geonex_api::events::EventHub::start(ports.db.clone(), shutdown.clone())),
+                caches: Arc::new(geonex_api::cache::Caches::new(
+                    Duration::from_millis(settings.auth.token_cache_ms),
+                    Duration::from_millis(settings.api.revision_cache_ms),
+                    settings.api.page_cache_entries,
+                )),
             };
             Some(geonex_api::router(state))
         } else {

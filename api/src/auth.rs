@@ -103,10 +103,17 @@ pub async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Caller,
     if presented.kind == TokenKind::Agent {
         return Err(ApiError::Forbidden("an agent token can only post its runner's events".into()).into_response());
     }
-    let record = match app.db.token(presented.token_id).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return Err(unauthorized("invalid token")),
-        Err(e) => return Err(ApiError::from(e).into_response()),
+    // The secret and the expiry are checked on a cached record as on a fresh one.
+    let record = match app.caches.tokens.get(presented.token_id) {
+        Some(r) => r,
+        None => match app.db.token(presented.token_id).await {
+            Ok(Some(r)) => {
+                app.caches.tokens.put(&r);
+                r
+            }
+            Ok(None) => return Err(unauthorized("invalid token")),
+            Err(e) => return Err(ApiError::from(e).into_response()),
+        },
     };
     if !presented.matches(&record.secret_hash) {
         return Err(unauthorized("invalid token"));

@@ -3,6 +3,7 @@
 //! commands in the store and publishes them to the queue.
 
 pub mod auth;
+pub mod cache;
 pub mod console;
 pub mod docs;
 pub mod error;

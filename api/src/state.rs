@@ -40,5 +40,7 @@ pub struct AppState {
     pub usage_extra_outputs: Vec<String>,
     /// The change feed's fan-out behind `/events` (absent: not listening).
     pub events: Option<crate::events::EventHub>,
+    /// What the polling path keeps in memory.
+    pub caches: Arc<crate::cache::Caches>,
 }
 

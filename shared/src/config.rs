@@ -553,12 +553,17 @@ pub struct ApiSettings {
     /// A runner whose agent has not been heard from for this long is shown as
     /// `unresponsive` (it is never terminated for that).
     pub unresponsive_after_secs: u64,
+    /// How long a list's revision counter is reused for conditional polls
+    /// (0: read it on every request). A change can take this long to turn an ETag.
+    pub revision_cache_ms: u64,
+    /// Rendered `/describe-runners` pages kept by ETag (0: none).
+    pub page_cache_entries: usize,
 }
 
 impl Default for ApiSettings {
     fn default() -> Self {
         Self { body_limit_bytes: 64 * 1024, request_timeout_ms: 30_000, default_page_size: 100, max_page_size: 1_000, public_url: None,
-            unresponsive_after_secs: 300 }
+            unresponsive_after_secs: 300, revision_cache_ms: 100, page_cache_entries: 16 }
     }
 }
 
@@ -574,11 +579,15 @@ pub struct AuthSettings {
     /// before further attempts are refused with 429.
     pub max_failed_logins: usize,
     pub failed_login_window_secs: u64,
+    /// How long a verified token is reused without reading the database (0:
+    /// read it on every request). A token revoked through another API process
+    /// stops working here within this time; a logout here, at once.
+    pub token_cache_ms: u64,
 }
 
 impl Default for AuthSettings {
     fn default() -> Self {
-        Self { open_registration: true, login_ttl_secs: 12 * 3600, max_failed_logins: 5, failed_login_window_secs: 300 }
+        Self { open_registration: true, login_ttl_secs: 12 * 3600, max_failed_logins: 5, failed_login_window_secs: 300, token_cache_ms: 1_000 }
     }
 }
 

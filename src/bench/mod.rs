@@ -3,6 +3,7 @@
 //! creates its own scratch data and removes it afterwards.
 
 mod baseline;
+mod launch;
 mod load;
 mod pipeline;
 mod probe;
@@ -21,6 +22,9 @@ pub enum Bench {
     /// Measure the command pipeline end to end (commands/s, accept latency,
     /// polling, memory) in a scratch database and vhost, beside the anchors.
     Pipeline(pipeline::PipelineBench),
+    /// Launch runners where EC2 sets the pace: a burst with a short and a long
+    /// boot, a burst within EC2's rate limits, and one through several workers.
+    Launch(launch::LaunchBench),
 }
 
 pub async fn run(bench: Bench, settings: Settings) -> anyhow::Result<()> {
@@ -28,5 +32,6 @@ pub async fn run(bench: Bench, settings: Settings) -> anyhow::Result<()> {
         Bench::S3Usage(args) => s3usage::run(args, settings).await,
         // Its settings are its arguments: what it starts gets an environment of its own.
         Bench::Pipeline(args) => pipeline::run(args).await,
+        Bench::Launch(args) => launch::run(args).await,
     }
 }

@@ -125,6 +125,49 @@ impl Probe {
         }
     }
 
+    /// Runners whose id starts with `prefix` that are observed `running`.
+    pub async fn running(&self, prefix: &str) -> anyhow::Result<i64> {
+        const SQL: &str = "select count(*) from runner where runner_id like $1 and observed_state = 'running'";
+        let pattern = format!("{prefix}%");
+        Ok(match self {
+            Probe::Postgres(p) => sqlx::query_scalar(SQL).bind(pattern).fetch_one(p).await?,
+            Probe::Sqlite(p) => sqlx::query_scalar(sqlx::AssertSqlSafe(SQL.replace("$1", "?1"))).bind(pattern).fetch_one(p).await?,
+        })
+    }
+
+    /// Waits until `expected` runners of `prefix` are running, reporting
+    /// progress; fails when none more gets there for `patience`.
+    pub async fn wait_running(&self, prefix: &str, expected: usize, patience: Duration, progress: &Arc<Progress>) -> anyhow::Result<()> {
+        let mut last = (0, Instant::now());
+        loop {
+            let n = self.running(prefix).await.context("counting running runners")?;
+            progress.done.store(n as usize, Ordering::Relaxed);
+            if n as usize >= expected {
+                return Ok(());
+            }
+            if n != last.0 {
+                last = (n, Instant::now());
+            } else if last.1.elapsed() > patience {
+                bail!("no runner started running for {patience:?}: {n} of {expected} running");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Seconds from the first of an action's commands after `after_seq` being
+    /// accepted to the last of them finishing, by the database's clock.
+    pub async fn span(&self, after_seq: i64, action: &str) -> anyhow::Result<f64> {
+        const SQL: &str = "select extract(epoch from max(finished_at) - min(created_at))::float8 \
+            from command where seq > $1 and action = $2";
+        match self {
+            Probe::Postgres(p) => {
+                let secs: Option<f64> = sqlx::query_scalar(SQL).bind(after_seq).bind(action).fetch_one(p).await?;
+                secs.with_context(|| format!("no {action} command after {after_seq}"))
+            }
+            Probe::Sqlite(_) => bail!("spans are read from PostgreSQL only"),
+        }
+    }
+
     /// Runners not deleted.
     pub async fn live_runners(&self) -> anyhow::Result<i64> {
         const SQL: &str = "select count(*) from runner where desired_state <> 'deleted'";

@@ -88,13 +88,44 @@ pub struct Memory {
 impl Serve {
     /// Starts `geonex serve` with `env` (plus a listen address) and waits until
     /// `/readyz` answers 200.
-    pub async fn start(label: &str, mut env: Vec<(String, String)>) -> anyhow::Result<Self> {
+    pub async fn start(label: &str, env: Vec<(String, String)>) -> anyhow::Result<Self> {
+        Self::start_as("serve", label, env).await
+    }
+
+    /// As `start`, for the role `role` (`serve` or `api`).
+    pub async fn start_as(role: &str, label: &str, mut env: Vec<(String, String)>) -> anyhow::Result<Self> {
         let port = free_port()?;
         env.push(("GEONEX_LISTEN".into(), format!("127.0.0.1:{port}")));
-        let mut cmd = command(&env, &["serve"])?;
+        let mut serve = Self::spawn(role, env, format!("http://127.0.0.1:{port}"))?;
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        eprintln!("starting geonex {role} ({label}) on {}", serve.url);
+        loop {
+            if let Ok(r) = http.get(format!("{}/readyz", serve.url)).send().await
+                && r.status() == StatusCode::OK
+            {
+                return Ok(serve);
+            }
+            if let Some(status) = serve.child.try_wait()? {
+                bail!("geonex {role} ({label}) exited with {status}:\n{}", serve.log_tail());
+            }
+            if Instant::now() > deadline {
+                bail!("geonex {role} ({label}) was not ready within 60 s:\n{}", serve.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts `geonex worker` with `env`; it serves no HTTP.
+    pub fn worker(env: Vec<(String, String)>) -> anyhow::Result<Self> {
+        Self::spawn("worker", env, String::new())
+    }
+
+    fn spawn(role: &str, env: Vec<(String, String)>, url: String) -> anyhow::Result<Self> {
+        let mut cmd = command(&env, &[role])?;
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().context("starting geonex serve")?;
-        let pid = child.id().context("geonex serve exited at once")?;
+        let mut child = cmd.spawn().with_context(|| format!("starting geonex {role}"))?;
+        let pid = child.id().with_context(|| format!("geonex {role} exited at once"))?;
         let log = Arc::new(Mutex::new(VecDeque::new()));
         let mut lines = tokio::io::BufReader::new(child.stderr.take().context("the child's log")?).lines();
         let sink = log.clone();
@@ -108,24 +139,12 @@ impl Serve {
                 log.push_back(line);
             }
         });
-        let mut serve = Self { child, pid, url: format!("http://127.0.0.1:{port}"), log };
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        eprintln!("starting geonex serve ({label}) on {}", serve.url);
-        loop {
-            if let Ok(r) = http.get(format!("{}/readyz", serve.url)).send().await
-                && r.status() == StatusCode::OK
-            {
-                return Ok(serve);
-            }
-            if let Some(status) = serve.child.try_wait()? {
-                bail!("geonex serve ({label}) exited with {status}:\n{}", serve.log_tail());
-            }
-            if Instant::now() > deadline {
-                bail!("geonex serve ({label}) was not ready within 60 s:\n{}", serve.log_tail());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        Ok(Self { child, pid, url, log })
+    }
+
+    /// SIGKILL, as a crash would end it.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
     }
 
     pub fn log_tail(&self) -> String {

@@ -11,6 +11,11 @@ pub enum Unit {
     PerSec,
     Millis,
     MiB,
+    Secs,
+    /// A plain count.
+    Count,
+    /// A small fraction, such as calls per transition.
+    Fraction,
 }
 
 impl Unit {
@@ -19,6 +24,9 @@ impl Unit {
             Unit::PerSec => format!("{}/s", thousands(v.round() as u64)),
             Unit::Millis => format!("{v:.2} ms"),
             Unit::MiB => format!("{v:.1} MiB"),
+            Unit::Secs => format!("{v:.1} s"),
+            Unit::Count => thousands(v.round() as u64),
+            Unit::Fraction => format!("{v:.4}"),
         }
     }
 }
@@ -80,6 +88,11 @@ pub fn render(rows: &[Row]) -> String {
                     format!("{:.0}%", 100.0 * r.value / value.max(1e-9)),
                 ),
                 Comparison::Missing { label } => (format!("n/a ({label})"), "n/a".to_owned()),
+                // A target of none: a ratio says nothing, met or not does.
+                Comparison::Target { value } if *value == 0.0 => (
+                    format!("target {}", r.unit.format(*value)),
+                    if r.value == 0.0 { "met" } else { "missed" }.to_owned(),
+                ),
                 Comparison::Target { value } => (
                     format!("target {}", r.unit.format(*value).replace("/s", "/s or more")),
                     format!("{:.0}%", 100.0 * r.value / value.max(1e-9)),
@@ -125,13 +138,15 @@ mod tests {
             Row::new("304", 9_000.0, Unit::PerSec, baseline("bare_axum: not built", None)),
             Row::new("rss", 50.0, Unit::MiB, Comparison::Target { value: 100.0 }),
             Row::new("p50", 1.5, Unit::Millis, Comparison::None),
+            Row::new("throttled", 0.0, Unit::Count, Comparison::Target { value: 0.0 }),
         ];
         let table = render(&rows);
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 6, "{table}");
+        assert_eq!(lines.len(), 7, "{table}");
         assert!(lines[2].contains("3,210/s") && lines[2].contains("12,842/s (raw_amqp)") && lines[2].contains("| 25% "), "{table}");
         assert!(lines[3].contains("n/a (bare_axum: not built)") && lines[3].contains("| n/a "), "{table}");
         assert!(lines[4].contains("target 100.0 MiB") && lines[4].contains("50%"), "{table}");
+        assert!(lines[6].contains("target 0") && lines[6].contains("| met "), "{table}");
         assert!(lines.iter().all(|l| l.chars().count() == lines[0].chars().count()), "{table}");
     }
 }

@@ -21,8 +21,12 @@ async fn started(app: &TestApp) -> (String, String) {
 
 /// An instance of this deployment's fleet that no runner of it launched.
 async fn stray(app: &TestApp, runner_tag: &str) -> String {
+    stray_in(app, &app.deployment.settings().ec2.fleet, runner_tag).await
+}
+
+/// An instance of `fleet` tagged with `runner_tag`, launched by hand.
+async fn stray_in(app: &TestApp, fleet: &str, runner_tag: &str) -> String {
     use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
-    let fleet = app.deployment.settings().ec2.fleet;
     let out = app
         .ec2
         .run_instances()
@@ -128,4 +132,18 @@ async fn without_reaping_enabled_orphans_are_only_reported() {
     })
     .await;
     assert_eq!(ec2_state(&app, &orphan).await, "running");
+}
+
+#[tokio::test]
+async fn another_fleets_instance_with_the_same_runner_id_is_not_this_runners() {
+    // Two deployments in one account, each with a runner of the same id.
+    let app = spawn_app_with(TestConfig::default()).await;
+    let (runner, instance) = started(&app).await;
+    let foreign = stray_in(&app, &unique("another-deployment"), &runner).await;
+    let r = app.get(&format!("/stop-runner?instance_id={instance}&runner_id={runner}")).await;
+    let done = app.wait_command(r.body["command_id"].as_str().unwrap(), &["succeeded", "dead"]).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(ec2_state(&app, &instance).await, "stopped");
+    assert_eq!(ec2_state(&app, &foreign).await, "running", "the other fleet's instance is left alone");
+    assert_eq!(app.runner(&runner).await["instance_id"], instance.as_str());
 }

@@ -329,7 +329,17 @@ impl RunnerHandler {
     }
 
     async fn start(&self, cmd: &CommandRecord, runner: &RunnerRecord) -> Flow<Step> {
-        let Some(i) = self.live_instance(cmd, runner).await? else {
+        // A runner never launched, on this command's first attempt, has no
+        // instance to find: an attempt that reached RunInstances and then lost
+        // its result makes the next one a second attempt (the claim counts it),
+        // and that one looks. Not looking saves a DescribeInstances per start,
+        // which a burst of starts would otherwise spend the Describe budget on.
+        // (An instance left by an earlier command of the runner that died
+        // unrecorded shows as an orphan in the reconciliation sweep.)
+        let never_launched =
+            cmd.attempts <= 1 && runner.instance_id.is_none() && runner.observed_state == ObservedState::Requested;
+        let existing = if never_launched { None } else { self.live_instance(cmd, runner).await? };
+        let Some(i) = existing else {
             let l = self.launch(cmd, runner).await?;
             self.retire_tokens(cmd, runner).await?;
             return Ok(done(&l.info.instance_id, l.info.state, l.result(json!({}))));

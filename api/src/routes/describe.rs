@@ -3,8 +3,10 @@
 //! the query, so a dashboard's repeated poll costs one index lookup and a 304.
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::http::header::IF_NONE_MATCH;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use geonex_shared::domain::{Action, CommandStatus, DesiredState, ObservedState};
@@ -109,15 +111,27 @@ fn enum_param<T>(params: &Params, name: &'static str, parse: fn(&str) -> Option<
         (status = 400, description = "Bad filter, limit or cursor", body = ErrorBody),
     ))]
 pub async fn describe_runners(State(app): State<AppState>, headers: HeaderMap, params: Params) -> Result<Response, ApiError> {
-    let revision = app.db.runners_revision().await?;
     // `unresponsive` changes with the clock alone: the tag also changes every
     // quarter of the threshold, so a cached page is at most that much behind.
     let after = chrono::Duration::seconds(i64::try_from(app.settings.unresponsive_after_secs.max(1)).unwrap_or(i64::MAX));
     let now = Utc::now();
     let tick = now.timestamp() / (after.num_seconds() / 4).max(1);
-    let tag = etag(&format!("runners-{tick}"), revision, &params);
+    let kind = format!("runners-{tick}");
+    if headers.contains_key(IF_NONE_MATCH) {
+        let revision = app.caches.runners_revision.get(|| app.db.runners_revision()).await?;
+        if let Some(r) = not_modified(&headers, &etag(&kind, revision, &params)) {
+            return Ok(r);
+        }
+    }
+    // A page is about to be sent: it is of the revision now, not the cached one.
+    let revision = app.db.runners_revision().await?;
+    app.caches.runners_revision.set(revision);
+    let tag = etag(&kind, revision, &params);
     if let Some(r) = not_modified(&headers, &tag) {
         return Ok(r);
+    }
+    if let Some(page) = app.caches.runner_pages.get(&tag) {
+        return Ok(with_etag(json_bytes(page), &tag));
     }
     let limit = params.limit(app.settings.default_page_size, app.settings.max_page_size)?;
     let q = RunnerQuery {
@@ -142,7 +156,13 @@ pub async fn describe_runners(State(app): State<AppState>, headers: HeaderMap, p
             v
         })
         .collect();
-    Ok(with_etag(Json(RunnerList { runners, next_cursor }).into_response(), &tag))
+    let page = Bytes::from(serde_json::to_vec(&RunnerList { runners, next_cursor }).map_err(|e| ApiError::Internal(e.to_string()))?);
+    app.caches.runner_pages.put(tag.clone(), page.clone());
+    Ok(with_etag(json_bytes(page), &tag))
+}
+
+fn json_bytes(body: Bytes) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"))], body).into_response()
 }
 
 #[utoipa::path(get, path = "/describe-commands", tag = "commands", params(DescribeCommandsParams),
@@ -152,7 +172,14 @@ pub async fn describe_runners(State(app): State<AppState>, headers: HeaderMap, p
         (status = 400, description = "Bad filter, limit or cursor", body = ErrorBody),
     ))]
 pub async fn describe_commands(State(app): State<AppState>, headers: HeaderMap, params: Params) -> Result<Response, ApiError> {
+    if headers.contains_key(IF_NONE_MATCH) {
+        let revision = app.caches.commands_revision.get(|| app.db.commands_revision()).await?;
+        if let Some(r) = not_modified(&headers, &etag("commands", revision, &params)) {
+            return Ok(r);
+        }
+    }
     let revision = app.db.commands_revision().await?;
+    app.caches.commands_revision.set(revision);
     let tag = etag("commands", revision, &params);
     if let Some(r) = not_modified(&headers, &tag) {
         return Ok(r);

@@ -193,6 +193,8 @@ impl Cloud for Ec2Cloud {
             .client
             .describe_instances()
             .filters(Filter::builder().name(format!("tag:{TAG_RUNNER_ID}")).values(runner_id).build())
+            // Another fleet in the account may use the same runner ids.
+            .filters(Filter::builder().name(format!("tag:{TAG_FLEET}")).values(&self.settings.fleet).build())
             .filters(live_states())
             .into_paginator()
             .send();

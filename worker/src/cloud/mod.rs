@@ -108,7 +108,7 @@ impl From<CloudError> for HandlerError {
 
 #[async_trait]
 pub trait Cloud: Send + Sync + 'static {
-    /// Instances tagged with this runner id that are not terminated.
+    /// Instances of this fleet tagged with this runner id that are not terminated.
     async fn find_runner_instances(&self, runner_id: &str) -> Result<Vec<InstanceInfo>, CloudError>;
     /// Every instance of this deployment's fleet that is not terminated.
     async fn list_fleet_instances(&self) -> Result<Vec<InstanceInfo>, CloudError>;
