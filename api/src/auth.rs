@@ -104,11 +104,11 @@ pub async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Caller,
         return Err(ApiError::Forbidden("an agent token can only post its runner's events".into()).into_response());
     }
     // The secret and the expiry are checked on a cached record as on a fresh one.
-    let record = match app.caches.tokens.get(presented.token_id) {
+    let record = match app.caches.tokens.get(&presented.token_id) {
         Some(r) => r,
         None => match app.db.token(presented.token_id).await {
             Ok(Some(r)) => {
-                app.caches.tokens.put(&r);
+                app.caches.tokens.put(r.token_id, r.clone());
                 r
             }
             Ok(None) => return Err(unauthorized("invalid token")),

@@ -8,8 +8,15 @@
 //!   poll within that time of a change may still get its 304. Any request that
 //!   is about to render a page reads the counter afresh first, so a client that
 //!   has seen new data is never told afterwards that older data is current;
-//! * rendered pages of `/describe-runners`, by ETag: a page is rendered once per
-//!   revision (and clock tick) however many dashboards poll it without an ETag.
+//! * rendered pages of `/describe-runners`, by ETag, for `api.revision_cache_ms`
+//!   as well: however many dashboards poll a page without an ETag, it is
+//!   rendered once in that time (its costs and running seconds, which grow with
+//!   the clock, are that much behind at most);
+//! * for starts, for `api.revision_cache_ms` too: which images are approved
+//!   (only the approval is kept: a pending or rejected image is read afresh,
+//!   so an approval works at once and a later decision within that time), and
+//!   the budgets spent this month, so that while none is spent a start reads
+//!   nothing to check them.
 //!
 //! A time of 0 turns a cache off.
 
@@ -19,6 +26,7 @@ use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use geonex_shared::store::cost::BudgetRecord;
 use geonex_shared::store::users::TokenRecord;
 use uuid::Uuid;
 
@@ -68,88 +76,103 @@ impl<T: Clone> Fresh<T> {
     }
 }
 
-/// Token records by id, each kept for the TTL after it was read.
-pub struct Tokens {
+/// Values by key, each kept for the TTL after it was put.
+pub struct Keyed<K, V> {
     ttl: Duration,
-    held: Mutex<HashMap<Uuid, (TokenRecord, Instant)>>,
+    held: Mutex<HashMap<K, (V, Instant)>>,
 }
 
-/// More tokens than any deployment polls with at once; past it the cache starts over.
-const MAX_TOKENS: usize = 10_000;
+/// More keys than any deployment uses at once; past it the cache starts over.
+const MAX_KEYS: usize = 10_000;
 
-impl Tokens {
+impl<K: std::hash::Hash + Eq, V: Clone> Keyed<K, V> {
     pub fn new(ttl: Duration) -> Self {
         Self { ttl, held: Mutex::new(HashMap::new()) }
     }
 
-    pub fn get(&self, token_id: Uuid) -> Option<TokenRecord> {
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.get(&token_id).filter(|(_, at)| at.elapsed() < self.ttl).map(|(r, _)| r.clone())
+        held.get(key).filter(|(_, at)| at.elapsed() < self.ttl).map(|(v, _)| v.clone())
     }
 
-    pub fn put(&self, record: &TokenRecord) {
+    pub fn put(&self, key: K, value: V) {
         if self.ttl.is_zero() {
             return;
         }
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if held.len() >= MAX_TOKENS {
+        if held.len() >= MAX_KEYS {
             held.retain(|_, (_, at)| at.elapsed() < self.ttl);
-            if held.len() >= MAX_TOKENS {
+            if held.len() >= MAX_KEYS {
                 held.clear();
             }
         }
-        held.insert(record.token_id, (record.clone(), Instant::now()));
+        held.insert(key, (value, Instant::now()));
     }
 
-    pub fn forget(&self, token_id: Uuid) {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&token_id);
+    pub fn forget<Q>(&self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
     }
 }
 
-/// The last few rendered pages, by ETag.
+/// The last few rendered pages, by ETag, each for the TTL after it was rendered.
 pub struct Pages {
     capacity: usize,
-    held: Mutex<VecDeque<(String, Bytes)>>,
+    ttl: Duration,
+    held: Mutex<VecDeque<(String, Bytes, Instant)>>,
 }
 
 impl Pages {
-    pub fn new(capacity: usize) -> Self {
-        Self { capacity, held: Mutex::new(VecDeque::with_capacity(capacity)) }
+    pub fn new(capacity: usize, ttl: Duration) -> Self {
+        Self { capacity, ttl, held: Mutex::new(VecDeque::with_capacity(capacity)) }
     }
 
     pub fn get(&self, tag: &str) -> Option<Bytes> {
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.iter().find(|(t, _)| t == tag).map(|(_, b)| b.clone())
+        held.iter().find(|(t, _, at)| t == tag && at.elapsed() < self.ttl).map(|(_, b, _)| b.clone())
     }
 
     pub fn put(&self, tag: String, page: Bytes) {
-        if self.capacity == 0 {
+        if self.capacity == 0 || self.ttl.is_zero() {
             return;
         }
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.retain(|(t, _)| *t != tag);
+        held.retain(|(t, _, at)| *t != tag && at.elapsed() < self.ttl);
         if held.len() >= self.capacity {
             held.pop_front();
         }
-        held.push_back((tag, page));
+        held.push_back((tag, page, Instant::now()));
     }
 }
 
 /// The API process's caches.
 pub struct Caches {
-    pub tokens: Tokens,
+    pub tokens: Keyed<Uuid, TokenRecord>,
     pub runners_revision: Fresh<i64>,
     pub commands_revision: Fresh<i64>,
     pub runner_pages: Pages,
+    /// Images known to be approved.
+    pub approved: Keyed<String, ()>,
+    /// The month and the budgets spent in it.
+    pub spent_budgets: Fresh<(String, Vec<BudgetRecord>)>,
 }
 
 impl Caches {
-    pub fn new(token_ttl: Duration, revision_ttl: Duration, pages: usize) -> Self {
+    pub fn new(token_ttl: Duration, read_ttl: Duration, pages: usize) -> Self {
         Self {
-            tokens: Tokens::new(token_ttl),
-            runners_revision: Fresh::new(revision_ttl),
-            commands_revision: Fresh::new(revision_ttl),
-            runner_pages: Pages::new(pages),
+            tokens: Keyed::new(token_ttl),
+            runners_revision: Fresh::new(read_ttl),
+            commands_revision: Fresh::new(read_ttl),
+            runner_pages: Pages::new(pages, read_ttl),
+            approved: Keyed::new(read_ttl),
+            spent_budgets: Fresh::new(read_ttl),
         }
     }
 
@@ -197,12 +220,14 @@ mod tests {
 
     #[test]
     fn pages_keep_the_newest_few_by_tag() {
-        let pages = Pages::new(2);
+        let pages = Pages::new(2, Duration::from_millis(100));
         pages.put("a".into(), Bytes::from_static(b"1"));
         pages.put("b".into(), Bytes::from_static(b"2"));
         pages.put("c".into(), Bytes::from_static(b"3"));
         assert_eq!(pages.get("a"), None);
         assert_eq!(pages.get("c").as_deref(), Some(&b"3"[..]));
-        assert_eq!(Pages::new(0).get("a"), None);
+        std::thread::sleep(Duration::from_millis(120));
+        assert_eq!(pages.get("c"), None, "a page older than the TTL is rendered again");
+        assert_eq!(Pages::new(0, Duration::from_secs(1)).get("a"), None);
     }
 }

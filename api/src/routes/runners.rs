@@ -120,14 +120,19 @@ fn idle_secs(v: &str) -> Result<i64, FieldError> {
 /// A start or restart of a runner whose owner's (or image's) budget is spent
 /// this month is refused, naming the budget.
 async fn ensure_within_budget(app: &AppState, caller: &str, runner_id: &str, image: &str) -> Result<(), ApiError> {
+    let (_, month) = geonex_shared::cost::month_of(chrono::Utc::now());
+    let (read_in, spent) =
+        app.caches.spent_budgets.get(|| async { app.db.exceeded_in(&month).await.map(|b| (month.clone(), b)) }).await?;
+    // Read in the month before, which has just ended: none is spent in this one yet.
+    if read_in != month || spent.is_empty() {
+        return Ok(());
+    }
     // A runner draws on its owner's budget: the caller's for a new one.
     let owner = match app.db.get_runner(runner_id).await? {
         Some(r) => r.owner.unwrap_or_else(|| caller.to_owned()),
         None => caller.to_owned(),
     };
-    let (_, month) = geonex_shared::cost::month_of(chrono::Utc::now());
-    let spent = app.db.exceeded_budgets(&owner, image, &month).await?;
-    let Some(b) = spent.first() else { return Ok(()) };
+    let Some(b) = spent.iter().find(|b| b.governs(&owner, image)) else { return Ok(()) };
     Err(ApiError::Refused {
         code: "budget_exceeded",
         message: format!(
@@ -144,9 +149,15 @@ async fn ensure_within_budget(app: &AppState, caller: &str, runner_id: &str, ima
 
 /// Only approved images may run: refuses unknown, pending and rejected ones.
 async fn ensure_approved(app: &AppState, image: &ImageRef) -> Result<(), ApiError> {
+    if app.caches.approved.get(image.as_str()).is_some() {
+        return Ok(());
+    }
     let status = app.db.image_status(image.as_str()).await?;
     let why = match status {
-        Some(ImageStatus::Approved) => return Ok(()),
+        Some(ImageStatus::Approved) => {
+            app.caches.approved.put(image.as_str().to_owned(), ());
+            return Ok(());
+        }
         None => "is not registered; register it with /register-image and have an administrator approve it",
         Some(ImageStatus::Pending) => "is awaiting an administrator's approval",
         Some(ImageStatus::Rejected) => "was rejected",

@@ -195,6 +195,6 @@ pub async fn login(State(app): State<AppState>, req: axum::extract::Request) -> 
     ))]
 pub async fn logout(State(app): State<AppState>, Extension(caller): Extension<Caller>) -> Result<Json<serde_json::Value>, ApiError> {
     app.db.revoke_token(caller.token_id).await?;
-    app.caches.tokens.forget(caller.token_id);
+    app.caches.tokens.forget(&caller.token_id);
     Ok(Json(serde_json::json!({ "status": "logged out" })))
 }

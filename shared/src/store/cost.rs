@@ -52,6 +52,14 @@ impl BudgetRecord {
     pub fn exceeded_in(&self, month: &str) -> bool {
         self.spent_month.as_deref() == Some(month) && self.spent_usd >= self.monthly_usd
     }
+
+    /// Whether this budget is drawn on by a runner of `owner` running `image`.
+    pub fn governs(&self, owner: &str, image: &str) -> bool {
+        match self.scope {
+            BudgetScope::User => self.subject == owner,
+            BudgetScope::Image => self.subject == image,
+        }
+    }
 }
 
 /// A running runner that idle auto-stop may stop, with what it last did.
@@ -84,8 +92,9 @@ pub trait CostStore: Send + Sync + 'static {
     -> Result<bool, StoreError>;
     /// The levels each budget crossed in `month`.
     async fn notices(&self, month: &str) -> Result<Vec<(Uuid, i32)>, StoreError>;
-    /// The budgets spent in `month` that govern a runner of `owner` with `image`.
-    async fn exceeded_budgets(&self, owner: &str, image: &str, month: &str) -> Result<Vec<BudgetRecord>, StoreError>;
+    /// The budgets spent in `month` (image budgets before user budgets); which
+    /// of them govern a runner, [`BudgetRecord::governs`] says.
+    async fn exceeded_in(&self, month: &str) -> Result<Vec<BudgetRecord>, StoreError>;
 
     /// Running runners with an idle limit, with their containers' last start.
     async fn idle_candidates(&self) -> Result<Vec<IdleCandidate>, StoreError>;

@@ -45,11 +45,13 @@ async fn budgets_are_set_checked_and_their_crossings_recorded_once<S: CostStore>
     assert_eq!(store.list_budgets().await.unwrap().len(), 2);
 
     store.record_spend(b.budget_id, "2026-12", 151.0).await.unwrap();
-    let exceeded = store.exceeded_budgets("alice", "geonex/other:1", "2026-12").await.unwrap();
+    let exceeded = store.exceeded_in("2026-12").await.unwrap();
     assert_eq!(exceeded.len(), 1);
     assert!(exceeded[0].exceeded_in("2026-12") && !exceeded[0].exceeded_in("2027-01"));
-    assert!(store.exceeded_budgets("alice", "geonex/other:1", "2027-01").await.unwrap().is_empty());
-    assert!(store.exceeded_budgets("bob", "geonex/other:1", "2026-12").await.unwrap().is_empty());
+    assert!(exceeded[0].governs("alice", "geonex/other:1") && !exceeded[0].governs("bob", "geonex/other:1"));
+    assert!(store.exceeded_in("2027-01").await.unwrap().is_empty());
+    let image = store.list_budgets().await.unwrap().into_iter().find(|b| b.scope == BudgetScope::Image).unwrap();
+    assert!(image.governs("bob", "geonex/fire:1.5") && !image.governs("bob", "geonex/other:1"));
 
     assert!(store.record_notice(b.budget_id, "2026-12", 80, 121.0).await.unwrap());
     assert!(!store.record_notice(b.budget_id, "2026-12", 80, 125.0).await.unwrap(), "a crossing is recorded once");

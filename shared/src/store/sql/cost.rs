@@ -46,8 +46,7 @@ static NOTICES: Sql = Sql::new("select budget_id, level from budget_notice where
 static EXCEEDED: Sql = Sql::new(concat!(
     "select ",
     budget_columns!(),
-    " from budget where spent_month = $3 and spent_usd >= monthly_usd \
-     and ((scope = 'user' and subject = $1) or (scope = 'image' and subject = $2)) order by scope"
+    " from budget where spent_month = $1 and spent_usd >= monthly_usd order by scope, subject"
 ));
 static IDLE: Sql = Sql::new(concat!(
     "select ",
@@ -133,8 +132,8 @@ impl<D: Driver> CostStore for SqlStore<D> {
         rows.iter().map(|r| Ok((r.uuid("budget_id")?, r.i32("level")?))).collect()
     }
 
-    async fn exceeded_budgets(&self, owner: &str, image: &str, month: &str) -> Result<Vec<BudgetRecord>, StoreError> {
-        let rows = self.driver.conn().await?.fetch_all(&EXCEEDED, args![owner, image, month]).await?;
+    async fn exceeded_in(&self, month: &str) -> Result<Vec<BudgetRecord>, StoreError> {
+        let rows = self.driver.conn().await?.fetch_all(&EXCEEDED, args![month]).await?;
         rows.iter().map(budget).collect()
     }
 
