@@ -125,7 +125,7 @@ pub async fn refresh(settings: &Settings, refresh: &Refresh, out: &mut dyn Write
                     anyhow!(
                         "the AWS Pricing API (GetProducts at {pricing_endpoint}) failed for {t} in {region}: {e}. \
                          Nothing was written; the price table in force is unchanged. The API needs credentials \
-                         allowed pricing:GetProducts and a way to {pricing_endpoint}; --skip-on-demand refreshes \
+                         allowed pricing:GetProducts and network access to {pricing_endpoint}; --skip-on-demand refreshes \
                          only spot prices"
                     )
                 })?,
@@ -323,7 +323,7 @@ async fn on_demand_of(client: &aws_sdk_pricing::Client, region: &str, instance_t
         .send()
         .try_collect()
         .await
-        .map_err(|e| aws_sdk_pricing::error::DisplayErrorContext(&e).to_string())?;
+        .map_err(|e| causes(&e))?;
     lowest_on_demand(&entries, instance_type)
 }
 
@@ -354,7 +354,7 @@ async fn spot_of(ec2: &Ec2Settings, region: &str, types: &[String]) -> anyhow::R
                     "EC2 DescribeSpotPriceHistory ({endpoint}) failed for {region}: {}. Nothing was written; the \
                      price table in force is unchanged. It needs credentials allowed ec2:DescribeSpotPriceHistory; \
                      --skip-spot refreshes only on-demand prices",
-                    aws_sdk_ec2::error::DisplayErrorContext(&e)
+                    causes(&e)
                 )
             })?;
         quotes.extend(answer.iter().filter_map(|p| {
@@ -374,6 +374,20 @@ async fn spot_of(ec2: &Ec2Settings, region: &str, types: &[String]) -> anyhow::R
     }
     let asked: BTreeSet<&str> = types.iter().map(String::as_str).collect();
     Ok(spot_prices(&quotes).into_iter().filter(|(t, _)| asked.contains(t.as_str())).collect())
+}
+
+/// An SDK error and its causes, each said once (`dispatch failure: io error: …`).
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
 }
 
 /// One zone's spot price for one type at one time.
@@ -469,10 +483,10 @@ pub fn on_demand_hourly(entry: &str) -> Result<Option<(String, f64)>, String> {
 pub fn lowest_on_demand(entries: &[String], instance_type: &str) -> Result<Option<f64>, String> {
     let mut lowest: Option<f64> = None;
     for entry in entries {
-        if let Some((t, p)) = on_demand_hourly(entry)? {
-            if t == instance_type {
-                lowest = Some(lowest.map_or(p, |l| l.min(p)));
-            }
+        if let Some((t, p)) = on_demand_hourly(entry)?
+            && t == instance_type
+        {
+            lowest = Some(lowest.map_or(p, |l| l.min(p)));
         }
     }
     Ok(lowest)
