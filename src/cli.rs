@@ -1,6 +1,7 @@
 //! The `geonex` command line.
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use geonex_shared::config::Settings;
@@ -51,6 +52,11 @@ pub enum Command {
         #[arg(long)]
         command_id: Option<Uuid>,
     },
+    /// The price table costs are figured with.
+    Prices {
+        #[command(subcommand)]
+        command: PricesCommand,
+    },
     /// Measure performance against real services (not a test).
     #[command(subcommand)]
     Bench(crate::bench::Bench),
@@ -72,6 +78,34 @@ pub enum UserCommand {
         email: Option<String>,
         #[arg(long)]
         display_name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PricesCommand {
+    /// Ask AWS for current prices (on-demand from the Pricing API, spot from EC2's
+    /// spot price history) and write them as a price file for GEONEX_COST__PRICES_FILE.
+    Refresh {
+        /// The file to write (replaced atomically; entries of the price file in
+        /// force that are not refreshed are carried over).
+        #[arg(long)]
+        output: PathBuf,
+        /// A region to refresh, repeatable (default: the configured price region).
+        #[arg(long = "region", value_name = "REGION")]
+        regions: Vec<String>,
+        /// Comma-separated (default: the allowed instance types named exactly,
+        /// plus every type the price table has for the region).
+        #[arg(long, value_delimiter = ',')]
+        instance_types: Vec<String>,
+        /// Refresh spot prices only (the Pricing API is not asked).
+        #[arg(long, conflicts_with = "skip_spot")]
+        skip_on_demand: bool,
+        /// Refresh on-demand prices only (EC2 is not asked).
+        #[arg(long)]
+        skip_spot: bool,
+        /// The Pricing API's endpoint (default: its us-east-1 one).
+        #[arg(long, value_name = "URL")]
+        pricing_endpoint: Option<String>,
     },
 }
 
@@ -128,6 +162,20 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                 _ => anyhow::bail!("say what to replay: --all, --action ACTION or --command-id ID"),
             };
             replay(settings, selector).await
+        }
+        Command::Prices {
+            command:
+                PricesCommand::Refresh { output, regions, instance_types, skip_on_demand, skip_spot, pricing_endpoint },
+        } => {
+            let refresh = geonex_worker::pricing::Refresh {
+                regions,
+                instance_types,
+                output,
+                on_demand: !skip_on_demand,
+                spot: !skip_spot,
+                pricing_endpoint,
+            };
+            geonex_worker::pricing::refresh(&settings, &refresh, &mut std::io::stdout()).await.map(|_| ())
         }
         Command::Bench(bench) => crate::bench::run(bench, settings).await,
     }

@@ -2,7 +2,7 @@
 //! the running intervals a runner's state history gives. Pure logic: the store
 //! provides the history, the API and the budget keeper the sums.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
@@ -81,6 +81,91 @@ impl PriceTable {
         let p = self.regions.get(region)?.get(instance_type)?;
         if purchase.is_spot() { p.spot.or(Some(p.on_demand)) } else { Some(p.on_demand) }
     }
+}
+
+/// A price file as [`PriceTable::load`] lays it over the shipped table: every
+/// field may be left out, and what is left out keeps the shipped value (a type
+/// the shipped table does not know needs its `on_demand`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct PriceFile {
+    #[serde(default)]
+    pub s3_usd_per_gb_month: Option<f64>,
+    #[serde(default)]
+    pub regions: BTreeMap<String, BTreeMap<String, PriceEntry>>,
+}
+
+/// One type's prices in a [`PriceFile`], USD per instance-hour.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+pub struct PriceEntry {
+    #[serde(default)]
+    pub on_demand: Option<f64>,
+    #[serde(default)]
+    pub spot: Option<f64>,
+}
+
+impl PriceFile {
+    /// The price file at `path`, as written (without the shipped table).
+    pub fn read(path: &Path) -> Result<Self, String> {
+        use figment::Figment;
+        use figment::providers::{Format, Toml};
+        if !path.exists() {
+            return Err(format!("price file {} does not exist", path.display()));
+        }
+        Figment::from(Toml::file(path)).extract().map_err(|e| format!("price file {}: {e}", path.display()))
+    }
+
+    /// The file in the shipped table's layout (one inline table a type), under
+    /// `header` (each of its lines written as a comment). Entries without a
+    /// price are left out.
+    pub fn render(&self, header: &str) -> String {
+        let mut out = String::new();
+        for line in header.lines() {
+            out.push_str(if line.is_empty() { "#" } else { "# " });
+            out.push_str(line);
+            out.push('\n');
+        }
+        if let Some(s3) = self.s3_usd_per_gb_month {
+            out.push_str(&format!("\ns3_usd_per_gb_month = {}\n", toml_float(s3)));
+        }
+        for (region, types) in &self.regions {
+            let lines: Vec<String> = types
+                .iter()
+                .filter_map(|(instance_type, entry)| {
+                    let fields: Vec<String> = [("on_demand", entry.on_demand), ("spot", entry.spot)]
+                        .into_iter()
+                        .filter_map(|(name, v)| v.map(|v| format!("{name} = {}", toml_float(v))))
+                        .collect();
+                    (!fields.is_empty()).then(|| format!("{} = {{ {} }}\n", toml_key(instance_type), fields.join(", ")))
+                })
+                .collect();
+            if !lines.is_empty() {
+                out.push_str(&format!("\n[regions.{}]\n", toml_key(region)));
+                lines.iter().for_each(|l| out.push_str(l));
+            }
+        }
+        out
+    }
+}
+
+/// A TOML float: `0.113`, and `2.0` rather than `2`.
+fn toml_float(v: f64) -> String {
+    let s = v.to_string();
+    if s.contains(['.', 'e', 'E']) || !v.is_finite() { s } else { format!("{s}.0") }
+}
+
+/// A TOML quoted key.
+fn toml_key(k: &str) -> String {
+    let mut out = String::from("\"");
+    for c in k.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// One change of a runner's observed state, as the store logged it.
@@ -226,6 +311,59 @@ mod tests {
         let p = PriceTable::load(None).unwrap();
         let cost = cost_of(&all[0], &p, "us-east-1");
         assert!((cost.instance_usd - 0.226).abs() < 1e-9, "two hours of m5d.large: {cost:?}");
+    }
+
+    #[test]
+    fn a_rendered_price_file_loads_over_the_shipped_table_field_by_field() {
+        let mut file = PriceFile::default();
+        let us = file.regions.entry("us-east-1".into()).or_default();
+        // Only spot: on-demand stays the shipped price.
+        us.insert("m5d.large".into(), PriceEntry { on_demand: None, spot: Some(0.00001) });
+        // A type the shipped table does not know, whole.
+        us.insert("m7i.large".into(), PriceEntry { on_demand: Some(2.0), spot: Some(0.05) });
+        // Nothing to say: left out.
+        us.insert("t3.micro".into(), PriceEntry::default());
+        let text = file.render("Written by a test.\n\nSecond paragraph.");
+        assert!(text.starts_with("# Written by a test.\n#\n# Second paragraph.\n"), "{text}");
+        assert!(text.contains("\"m5d.large\" = { spot = 0.00001 }\n"), "{text}");
+        assert!(text.contains("\"m7i.large\" = { on_demand = 2.0, spot = 0.05 }\n"), "{text}");
+        assert!(!text.contains("t3.micro") && !text.contains("s3_usd_per_gb_month"), "{text}");
+
+        let dir = std::env::temp_dir().join(format!("geonex-prices-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("prices.toml");
+        std::fs::write(&path, &text).unwrap();
+        let table = PriceTable::load(Some(&path)).unwrap();
+        let shipped = PriceTable::load(None).unwrap();
+        assert_eq!(table.hourly("us-east-1", "m5d.large", PurchaseOption::Spot), Some(0.00001));
+        assert_eq!(
+            table.hourly("us-east-1", "m5d.large", PurchaseOption::OnDemand),
+            shipped.hourly("us-east-1", "m5d.large", PurchaseOption::OnDemand)
+        );
+        assert_eq!(table.hourly("us-east-1", "m7i.large", PurchaseOption::OnDemand), Some(2.0));
+        assert_eq!(table.hourly("us-east-1", "t3.micro", PurchaseOption::Spot), shipped.hourly("us-east-1", "t3.micro", PurchaseOption::Spot));
+        assert_eq!(table.s3_usd_per_gb_month, shipped.s3_usd_per_gb_month);
+        assert_eq!(PriceFile::read(&path).unwrap(), PriceFile {
+            s3_usd_per_gb_month: None,
+            regions: [(
+                "us-east-1".to_owned(),
+                [
+                    ("m5d.large".to_owned(), PriceEntry { on_demand: None, spot: Some(0.00001) }),
+                    ("m7i.large".to_owned(), PriceEntry { on_demand: Some(2.0), spot: Some(0.05) }),
+                ]
+                .into_iter()
+                .collect(),
+            )]
+            .into_iter()
+            .collect(),
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn keys_are_quoted_and_floats_stay_floats() {
+        assert_eq!(toml_key(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!((toml_float(1.0), toml_float(0.0036), toml_float(1e-7)), ("1.0".into(), "0.0036".into(), "0.0000001".into()));
     }
 
     #[test]

@@ -29,7 +29,7 @@ fn config(mode: Mode, extra: &[(&str, &str)]) -> TestConfig {
     TestConfig { extra_env, ..TestConfig::in_mode(mode) }
 }
 
-async fn started(app: &TestApp, runner: &str, extra: &str) -> String {
+pub(crate) async fn started(app: &TestApp, runner: &str, extra: &str) -> String {
     let r = app
         .get(&format!(
             "/start-runner?instance_type=m5d.large&image_name=geonex/fire:1.5&s3_output=s3://geonex/cost&runner_id={runner}&runner_name=P{extra}"
@@ -43,16 +43,22 @@ async fn started(app: &TestApp, runner: &str, extra: &str) -> String {
 /// Replaces a runner's logged history with `changes` (state, time), as if its
 /// instance had run exactly then.
 async fn history(store: &TestStore, runner: &str, changes: &[(&str, DateTime<Utc>)]) {
+    billed_history(store, runner, "on-demand", changes).await
+}
+
+/// The same, billed at `purchase_option` (`on-demand` or `spot`).
+pub(crate) async fn billed_history(store: &TestStore, runner: &str, purchase_option: &str, changes: &[(&str, DateTime<Utc>)]) {
     match store {
         TestStore::Postgres(s) => {
             sqlx::query("delete from runner_state_change where runner_id = $1").bind(runner).execute(s.pool()).await.unwrap();
             for (state, at) in changes {
                 sqlx::query(
                     "insert into runner_state_change (runner_id, state, instance_type, purchase_option, at) \
-                     values ($1, $2, 'm5d.large', 'on-demand', $3)",
+                     values ($1, $2, 'm5d.large', $3, $4)",
                 )
                 .bind(runner)
                 .bind(state)
+                .bind(purchase_option)
                 .bind(at)
                 .execute(s.pool())
                 .await
@@ -64,10 +70,11 @@ async fn history(store: &TestStore, runner: &str, changes: &[(&str, DateTime<Utc
             for (state, at) in changes {
                 sqlx::query(
                     "insert into runner_state_change (runner_id, state, instance_type, purchase_option, at) \
-                     values (?1, ?2, 'm5d.large', 'on-demand', ?3)",
+                     values (?1, ?2, 'm5d.large', ?3, ?4)",
                 )
                 .bind(runner)
                 .bind(state)
+                .bind(purchase_option)
                 .bind(at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
                 .execute(s.pool())
                 .await
@@ -80,7 +87,7 @@ async fn history(store: &TestStore, runner: &str, changes: &[(&str, DateTime<Utc
 /// Two hours of m5d.large at the shipped us-east-1 price: $0.226.
 const TWO_HOURS_M5D_LARGE: f64 = 0.226;
 
-fn hours_ago(h: i64) -> DateTime<Utc> {
+pub(crate) fn hours_ago(h: i64) -> DateTime<Utc> {
     Utc::now() - chrono::Duration::hours(h)
 }
 
@@ -126,7 +133,7 @@ async fn a_runner_that_ran_for_known_intervals_costs_exactly_its_price(mode: Mod
     }
 }
 
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     s.replace('+', "%2B").replace(':', "%3A")
 }
 

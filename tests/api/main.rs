@@ -22,6 +22,7 @@ mod fuzz;
 mod images;
 mod metrics;
 mod observer;
+mod prices;
 mod proxy;
 mod reconcile;
 mod recovery;

@@ -23,6 +23,7 @@ pub mod retry;
 pub mod runner;
 pub mod s3events;
 pub mod s3usage;
+pub mod pricing;
 pub mod spot;
 pub mod storage;
 pub mod user_data;
