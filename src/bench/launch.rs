@@ -284,7 +284,13 @@ async fn rate_run(setup: &Setup<'_>, n: usize) -> anyhow::Result<Vec<Row>> {
         result.context("the rate-limited burst")?;
         let start_span = t.probe.span(seq, "start_runner").await?;
         let stop_span = t.probe.span(seq, "stop_runner").await?;
-        let throttled = count(&ec2_requests(&t).await?, "", Some("RequestLimitExceeded"));
+        let requests = ec2_requests(&t).await?;
+        let throttled = count(&requests, "", Some("RequestLimitExceeded"));
+        let which: Vec<String> = requests
+            .iter()
+            .filter(|((_, code), n)| code == "RequestLimitExceeded" && **n > 0.0)
+            .map(|((op, _), n)| format!("{op} {n}"))
+            .collect();
         t.probe.close().await;
         Ok(vec![
             Row::new(
@@ -293,7 +299,15 @@ async fn rate_run(setup: &Setup<'_>, n: usize) -> anyhow::Result<Vec<Row>> {
                 Unit::Secs,
                 Comparison::Target { value: launch_limit(n) },
             ),
-            Row::new(format!("RequestLimitExceeded answers during those {n} starts (target 0)"), throttled, Unit::Count, Comparison::Target { value: 0.0 }),
+            Row::new(
+                match which.is_empty() {
+                    true => format!("RequestLimitExceeded answers during those {n} starts (target 0)"),
+                    false => format!("RequestLimitExceeded answers during those {n} starts ({}; target 0)", which.join(", ")),
+                },
+                throttled,
+                Unit::Count,
+                Comparison::Target { value: 0.0 },
+            ),
             Row::new(
                 format!("{} stops issued with the starts, all done after (target before the starts)", instances.len()),
                 stop_span,
