@@ -41,7 +41,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     let body = json!({
         "status": if status == StatusCode::OK { "ready" } else { "not ready" },
         "database": if db_ok { "ok" } else { "unreachable" },
-        "broker": { "status": if mq_ok { "ok" } else { "unreachable" }, "kind": app.dispatcher.queue().describe() },
+        "broker": { "status": if mq_ok { "ok" } else { "unreachable" }, "kind": app.dispatcher.queue().label() },
         "cloud": app.cloud_label,
     });
     (status, Json(body)).into_response()
