@@ -15,7 +15,7 @@ use crate::error::FieldError;
 /// An enum whose variants have one wire name each, written once: serde, the
 /// database and `as_str`/`parse` all use it.
 macro_rules! wire_enum {
-    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $wire:literal),+ $(,)? }) => {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $wire:tt),+ $(,)? }) => {
         $(#[$meta])*
         pub enum $name {
             $($(#[$vmeta])* #[serde(rename = $wire)] $variant),+
@@ -592,6 +592,24 @@ mod tests {
         }
         assert!(DisplayName::parse(" x").is_err());
         assert!(Role::Admin > Role::Operator && Role::Operator > Role::User);
+    }
+
+    /// The values `T`'s schema lists.
+    fn documented_values<T: utoipa::PartialSchema>() -> Vec<String> {
+        let schema = serde_json::to_value(T::schema()).expect("a schema");
+        schema["enum"].as_array().expect("an enum").iter().map(|v| v.as_str().expect("a name").to_owned()).collect()
+    }
+
+    #[test]
+    fn wire_enums_document_their_wire_names() {
+        fn wire<T: Copy>(all: &[T], name: fn(T) -> &'static str) -> Vec<String> {
+            all.iter().map(|v| name(*v).to_owned()).collect()
+        }
+        assert_eq!(documented_values::<Role>(), wire(Role::ALL, Role::as_str));
+        assert_eq!(documented_values::<Action>(), wire(Action::ALL, Action::as_str));
+        assert_eq!(documented_values::<CommandStatus>(), wire(CommandStatus::ALL, CommandStatus::as_str));
+        assert_eq!(documented_values::<DesiredState>(), wire(DesiredState::ALL, DesiredState::as_str));
+        assert_eq!(documented_values::<ObservedState>(), wire(ObservedState::ALL, ObservedState::as_str));
     }
 
     #[test]
