@@ -71,45 +71,12 @@ impl Params {
         T::deserialize(Decoder(self)).map_err(DecodeError::into_field_error)
     }
 
-    pub fn required(&self, name: &'static str) -> Result<&str, FieldError> {
-        self.get(name).ok_or_else(|| FieldError::missing(name))
-    }
-
-    /// Parses a required parameter with its domain constructor.
-    pub fn parse<T>(&self, name: &'static str, parse: impl Fn(&str) -> Result<T, FieldError>) -> Result<T, FieldError> {
-        parse(self.required(name)?)
-    }
-
     pub fn parse_opt<T>(
         &self,
         name: &'static str,
         parse: impl Fn(&str) -> Result<T, FieldError>,
     ) -> Result<Option<T>, FieldError> {
         self.get(name).map(parse).transpose()
-    }
-
-    /// `limit`, within 1..=max, or the default.
-    pub fn limit(&self, default: i64, max: i64) -> Result<i64, FieldError> {
-        match self.get("limit") {
-            None => Ok(default),
-            Some(v) => match v.parse::<i64>() {
-                Ok(n) if (1..=max).contains(&n) => Ok(n),
-                _ => Err(FieldError::invalid("limit", format!("must be an integer from 1 to {max}"))),
-            },
-        }
-    }
-
-    /// Decodes the opaque `cursor` the previous page returned.
-    pub fn cursor(&self, kind: char) -> Result<Option<String>, FieldError> {
-        let Some(raw) = self.get("cursor") else { return Ok(None) };
-        let bad = || FieldError::invalid("cursor", "is not a cursor this API returned");
-        let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
-        let text = String::from_utf8(bytes).map_err(|_| bad())?;
-        let mut chars = text.chars();
-        if chars.next() != Some(kind) || chars.next() != Some(':') {
-            return Err(bad());
-        }
-        Ok(Some(chars.collect()))
     }
 
     /// A stable digest of the parameters, for ETags.
@@ -335,6 +302,7 @@ macro_rules! schema {
         }
     };
 }
+pub(crate) use schema;
 
 fn integer_schema(description: &str, min: i64, max: i64) -> ObjectBuilder {
     ObjectBuilder::new()
