@@ -300,10 +300,10 @@ impl Application {
         let mut summary = format!(
             "store: {}; queue: {}; cloud: {}; storage: {}; mail: {}",
             ports.store_label,
-            ports.queue.describe(),
-            cloud.describe_self(),
-            objects.describe_self(),
-            mailer.describe()
+            ports.queue.label(),
+            cloud.label(),
+            objects.label(),
+            mailer.label()
         );
 
         // The listener comes first: a simulated cloud's agents report to it.
@@ -355,7 +355,7 @@ impl Application {
                     settings.data_dir.join("sim-agents"),
                     outputs,
                 );
-                summary.push_str(&format!("; {}", agents.describe()));
+                summary.push_str(&format!("; {}", agents.label()));
                 tasks.push(Box::pin(agents.run(shutdown.clone())));
             }
             let usage_handler = S3UsageHandler::new(
@@ -450,7 +450,7 @@ impl Application {
                 stuck_after: Duration::from_secs(settings.reconcile.stuck_after_secs),
                 prices: prices.clone(),
                 price_region: settings.price_region(),
-                cloud_label: cloud.describe_self(),
+                cloud_label: cloud.label(),
                 usage_settings: settings.s3usage.clone(),
                 usage_extra_outputs: extra_outputs.clone(),
                 events: Some(geonex_api::events::EventHub::start(ports.db.clone(), shutdown.clone())),

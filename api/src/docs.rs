@@ -93,4 +93,46 @@ mod tests {
         assert!(doc["paths"]["/healthz"]["get"]["responses"]["401"].is_null());
         assert!(doc["paths"]["/healthz"]["get"]["responses"]["503"].is_null());
     }
+
+    #[test]
+    fn the_served_document_has_the_configured_page_size() {
+        let mut doc = crate::ApiDoc::openapi();
+        let settings = geonex_shared::config::ApiSettings { default_page_size: 20, max_page_size: 50, ..Default::default() };
+        crate::params::document_page_size(&mut doc, &settings);
+        let doc = serde_json::to_value(doc).expect("document");
+        let limit = &doc["components"]["schemas"]["PageLimit"];
+        assert_eq!((limit["minimum"].as_i64(), limit["maximum"].as_i64(), limit["default"].as_i64()), (Some(1), Some(50), Some(20)), "{limit}");
+        let params = doc["paths"]["/describe-runners"]["get"]["parameters"].as_array().expect("parameters");
+        let limit = params.iter().find(|p| p["name"] == "limit").expect("a limit parameter");
+        assert_eq!(limit["schema"]["$ref"], "#/components/schemas/PageLimit", "{limit}");
+    }
+
+    /// Every `$ref` in `value`.
+    fn refs<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match value {
+            serde_json::Value::Object(m) => {
+                if let Some(serde_json::Value::String(r)) = m.get("$ref") {
+                    out.push(r);
+                }
+                m.values().for_each(|v| refs(v, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_schema_the_document_refers_to_is_in_it() {
+        let doc = serde_json::to_value(crate::ApiDoc::openapi()).expect("document");
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(found.contains(&"#/components/schemas/InstanceType"), "parameters refer to their types' schemas");
+        let mut dangling: Vec<&str> = found
+            .into_iter()
+            .filter(|r| r.strip_prefix("#/components/schemas/").is_none_or(|name| !doc["components"]["schemas"][name].is_object()))
+            .collect();
+        dangling.sort_unstable();
+        dangling.dedup();
+        assert!(dangling.is_empty(), "not in the document: {dangling:?}");
+    }
 }

@@ -51,7 +51,12 @@ use crate::routes::{containers, costs, describe, email, images, ops, runners, us
         ops::replay_command, ops::cancel_command, ops::healthz, ops::readyz, ops::openapi, metrics::metrics,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, runners::Accepted, ops::ReplayResult, ops::CancelResult,
-        images::ImageList, containers::ContainerList, containers::RunnerContainersList, usage::S3Usage, usage::OutputUsageBody)),
+        images::ImageList, containers::ContainerList, containers::RunnerContainersList, usage::S3Usage, usage::OutputUsageBody,
+        // The types of query parameters (a body's are collected with it).
+        params::PageLimit, params::Cursor, params::Time, params::Line<200>, params::Bounded<1, 1000>,
+        geonex_shared::domain::RunnerId, geonex_shared::domain::ObservedState, geonex_shared::domain::DesiredState,
+        geonex_shared::domain::CommandStatus, geonex_shared::domain::Action, images::StatusFilter,
+        containers::ContainerStatus, costs::GroupBy, usage::BucketName, usage::Refresh)),
     modifiers(&BearerAuth, &Conventions)
 )]
 pub struct ApiDoc;

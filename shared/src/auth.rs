@@ -64,6 +64,24 @@ impl Password {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Password {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::domain::deserialize_parsed(d, Self::parse)
+    }
+}
+
+crate::domain::schema!(
+    Password,
+    crate::domain::text_schema(
+        "Not a common password. Send it in the body, never the URL.",
+        MIN_PASSWORD_CHARS,
+        MAX_PASSWORD_CHARS,
+        None,
+        "correct horse battery staple",
+    )
+    .format(Some(utoipa::openapi::schema::SchemaFormat::KnownFormat(utoipa::openapi::schema::KnownFormat::Password)))
+);
+
 /// Checks a password against a stored PHC string. CPU-heavy: call from a blocking thread.
 pub fn verify_password(password: &str, phc: &str) -> bool {
     Argon2::default().verify_password(password.as_bytes(), phc).is_ok()

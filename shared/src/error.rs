@@ -22,6 +22,12 @@ impl FieldError {
         let field = field.into();
         Self { code: "invalid_parameter", message: format!("{field} {}", message.into()), field }
     }
+
+    /// What is wrong with the value, without the field's name (`must be …`), for
+    /// a caller that names the field itself.
+    pub fn reason(&self) -> &str {
+        self.message.strip_prefix(self.field.as_ref()).map_or(&self.message, str::trim_start)
+    }
 }
 
 impl fmt::Display for FieldError {
@@ -31,3 +37,14 @@ impl fmt::Display for FieldError {
 }
 
 impl std::error::Error for FieldError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reason_leaves_the_field_out() {
+        assert_eq!(FieldError::invalid("limit", "must be an integer").reason(), "must be an integer");
+        assert_eq!(FieldError::missing("runner_id").reason(), "is required");
+    }
+}

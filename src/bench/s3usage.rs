@@ -76,8 +76,8 @@ impl<S: ObjectStore> ObjectStore for Progress<S> {
         Ok(page)
     }
 
-    fn describe_self(&self) -> String {
-        self.inner.describe_self()
+    fn label(&self) -> String {
+        self.inner.label()
     }
 }
 
@@ -203,7 +203,7 @@ pub async fn run(args: S3UsageBench, mut settings: Settings) -> anyhow::Result<(
         None => {
             let bucket = format!("geonex-bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
             let keys = bench_keys(args.objects, args.prefixes);
-            eprintln!("filling s3://{bucket} on {}", store.describe_self());
+            eprintln!("filling s3://{bucket} on {}", store.label());
             fill(&client, &bucket, &keys, args.upload_concurrency).await?;
             (bucket, keys)
         }

@@ -106,7 +106,7 @@ impl InstanceEventIntake {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        tracing::info!(queue = %self.queue.describe_self(), "reading EC2 state-change events");
+        tracing::info!(queue = %self.queue.label(), "reading EC2 state-change events");
         let mut delay = Duration::from_millis(500);
         loop {
             let batch = tokio::select! {

@@ -116,7 +116,7 @@ impl EventIntake {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        tracing::info!(queue = %self.queue.describe_self(), "reading S3 events");
+        tracing::info!(queue = %self.queue.label(), "reading S3 events");
         let mut delay = Duration::from_millis(500);
         loop {
             let batch = tokio::select! {

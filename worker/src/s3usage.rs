@@ -348,7 +348,7 @@ mod tests {
             Ok(page)
         }
 
-        fn describe_self(&self) -> String {
+        fn label(&self) -> String {
             "fake".into()
         }
     }

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::state::AppState;
 use crate::auth::AgentCaller;
 use crate::error::{ApiError, ErrorBody};
-use crate::params::Params;
+use crate::params::{Bounded, Cursor, PageLimit, Params, Time, not_a_cursor, page_size};
 use crate::http::{etag, not_modified, page, with_etag};
 
 /// Largest log tail an event may carry.
@@ -127,35 +127,45 @@ pub struct ContainerList {
     pub next_cursor: Option<String>,
 }
 
-#[derive(serde::Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-pub struct DescribeContainersParams {
-    /// running, exited, failed, killed.
-    status: Option<String>,
-    image_name: Option<String>,
-    runner_id: Option<String>,
-    /// Started at or after this RFC 3339 time.
-    since: Option<String>,
-    /// Started before this RFC 3339 time.
-    until: Option<String>,
-    limit: Option<i64>,
-    cursor: Option<String>,
+/// A container's status, as a filter.
+#[derive(Debug, Clone, Copy, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerStatus {
+    Running,
+    Exited,
+    Failed,
+    Killed,
 }
 
-fn time_param(params: &Params, name: &'static str) -> Result<Option<DateTime<Utc>>, FieldError> {
-    params.parse_opt(name, |v| {
-        DateTime::parse_from_rfc3339(v)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| FieldError::invalid(name, "must be an RFC 3339 time"))
-    })
+impl ContainerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerStatus::Running => "running",
+            ContainerStatus::Exited => "exited",
+            ContainerStatus::Failed => "failed",
+            ContainerStatus::Killed => "killed",
+        }
+    }
+}
+
+#[derive(serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DescribeContainersParams {
+    status: Option<ContainerStatus>,
+    image_name: Option<String>,
+    runner_id: Option<String>,
+    /// Started at or after this time.
+    since: Option<Time>,
+    /// Started before this time.
+    until: Option<Time>,
+    limit: Option<PageLimit>,
+    cursor: Option<Cursor>,
 }
 
 fn decode_container_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), FieldError> {
-    let bad = || FieldError::invalid("cursor", "is not a cursor this API returned");
-    let (at, id) = raw.split_once('|').ok_or_else(bad)?;
-    let at = DateTime::parse_from_rfc3339(at).map_err(|_| bad())?.with_timezone(&Utc);
-    Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
+    let (at, id) = raw.split_once('|').ok_or_else(not_a_cursor)?;
+    let at = DateTime::parse_from_rfc3339(at).map_err(|_| not_a_cursor())?.with_timezone(&Utc);
+    Ok((at, Uuid::parse_str(id).map_err(|_| not_a_cursor())?))
 }
 
 #[utoipa::path(get, path = "/describe-containers", tag = "containers", params(DescribeContainersParams),
@@ -170,18 +180,15 @@ pub async fn describe_containers(State(app): State<AppState>, headers: HeaderMap
     if let Some(r) = not_modified(&headers, &tag) {
         return Ok(r);
     }
-    let limit = params.limit(app.settings.default_page_size, app.settings.max_page_size)?;
-    let status = params.parse_opt("status", |v| match v {
-        "running" | "exited" | "failed" | "killed" => Ok(v.to_owned()),
-        _ => Err(FieldError::invalid("status", "must be one of: running, exited, failed, killed")),
-    })?;
+    let p: DescribeContainersParams = params.decode()?;
+    let limit = page_size(p.limit.as_ref(), &app.settings)?;
     let q = ContainerQuery {
-        status,
-        image_name: params.get("image_name").map(str::to_owned),
-        runner_id: params.get("runner_id").map(str::to_owned),
-        since: time_param(&params, "since")?,
-        until: time_param(&params, "until")?,
-        before: params.cursor('k')?.map(|c| decode_container_cursor(&c)).transpose()?,
+        status: p.status.map(|s| s.as_str().to_owned()),
+        image_name: p.image_name,
+        runner_id: p.runner_id,
+        since: p.since.map(|t| t.0),
+        until: p.until.map(|t| t.0),
+        before: Cursor::after(p.cursor, 'k')?.map(|c| decode_container_cursor(&c)).transpose()?,
         limit: limit + 1,
     };
     let (containers, next_cursor) = page(app.db.list_containers(&q).await?, limit, 'k', |c| format!("{}|{}", c.started_at.to_rfc3339(), c.container_id));
@@ -203,14 +210,13 @@ pub struct RunnerContainersList {
 
 #[derive(serde::Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct DescribeRunnerContainersParams {
     runner_id: Option<String>,
     /// Runners per page.
-    limit: Option<i64>,
-    cursor: Option<String>,
+    limit: Option<PageLimit>,
+    cursor: Option<Cursor>,
     /// Newest containers shown per runner (default 100).
-    per_runner: Option<i64>,
+    per_runner: Option<Bounded<1, 1000>>,
 }
 
 #[utoipa::path(get, path = "/describe-runner-containers", tag = "containers", params(DescribeRunnerContainersParams),
@@ -229,16 +235,14 @@ pub async fn describe_runner_containers(
     if let Some(r) = not_modified(&headers, &tag) {
         return Ok(r);
     }
-    let limit = params.limit(app.settings.default_page_size, app.settings.max_page_size)?;
-    let per_runner = params.parse_opt("per_runner", |v| match v.parse::<i64>() {
-        Ok(n) if (1..=1_000).contains(&n) => Ok(n),
-        _ => Err(FieldError::invalid("per_runner", "must be an integer from 1 to 1000")),
-    })?;
+    let p: DescribeRunnerContainersParams = params.decode()?;
+    let limit = page_size(p.limit.as_ref(), &app.settings)?;
+    let per_runner = p.per_runner.map(Bounded::get);
     let q = RunnerQuery {
-        runner_id: params.get("runner_id").map(str::to_owned),
+        runner_id: p.runner_id,
         observed: None,
         desired: None,
-        after_runner_id: params.cursor('r')?,
+        after_runner_id: Cursor::after(p.cursor, 'r')?,
         limit: limit + 1,
     };
     let (runners, next_cursor) = page(app.db.list_runners(&q).await?, limit, 'r', |r| r.runner_id.clone());

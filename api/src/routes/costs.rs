@@ -15,11 +15,12 @@ use geonex_shared::error::FieldError;
 use geonex_shared::store::cost::{BudgetRecord, BudgetScope};
 use geonex_shared::store::usage::UsageQuery;
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::params::Params;
+use crate::params::{Params, Time, schema};
 use crate::state::AppState;
 
 /// Every runner's cost over its whole life, for the runners named.
@@ -41,14 +42,35 @@ pub async fn lifetime_costs(
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct DescribeCostsParams {
-    /// `runner` (default), `image`, `user` or `day`.
-    group_by: Option<String>,
-    /// RFC 3339; default: the start of this month (UTC).
-    since: Option<String>,
-    /// RFC 3339; default: now.
-    until: Option<String>,
+    /// Default: `runner`.
+    group_by: Option<GroupBy>,
+    /// Default: the start of this month (UTC).
+    since: Option<Time>,
+    /// Default: now.
+    until: Option<Time>,
+}
+
+/// What `/describe-costs` sums over.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    #[default]
+    Runner,
+    Image,
+    User,
+    Day,
+}
+
+impl GroupBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupBy::Runner => "runner",
+            GroupBy::Image => "image",
+            GroupBy::User => "user",
+            GroupBy::Day => "day",
+        }
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -82,14 +104,6 @@ pub struct CostReport {
     pub region: String,
 }
 
-fn time_param(params: &Params, name: &'static str) -> Result<Option<DateTime<Utc>>, FieldError> {
-    params.parse_opt(name, |v| {
-        DateTime::parse_from_rfc3339(v)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| FieldError::invalid(name, "must be an RFC 3339 time, e.g. 2026-12-01T00:00:00Z"))
-    })
-}
-
 fn rounded(c: Cost, key: String) -> CostGroup {
     let r = |x: f64| (x * 10_000.0).round() / 10_000.0;
     CostGroup {
@@ -107,12 +121,10 @@ fn rounded(c: Cost, key: String) -> CostGroup {
     ))]
 pub async fn describe_costs(State(app): State<AppState>, params: Params) -> Result<Json<CostReport>, ApiError> {
     let now = Utc::now();
-    let group_by = params.get("group_by").unwrap_or("runner").to_owned();
-    if !["runner", "image", "user", "day"].contains(&group_by.as_str()) {
-        return Err(FieldError::invalid("group_by", "must be one of: runner, image, user, day").into());
-    }
-    let since = time_param(&params, "since")?.unwrap_or_else(|| month_of(now).0);
-    let until = time_param(&params, "until")?.unwrap_or(now).min(now);
+    let p: DescribeCostsParams = params.decode()?;
+    let group_by = p.group_by.unwrap_or_default();
+    let since = p.since.map_or_else(|| month_of(now).0, |t| t.0);
+    let until = p.until.map_or(now, |t| t.0).min(now);
     if until <= since {
         return Err(FieldError::invalid("until", "must be after since").into());
     }
@@ -129,14 +141,14 @@ pub async fn describe_costs(State(app): State<AppState>, params: Params) -> Resu
     for i in running_intervals(&changes, since, until) {
         let (image, owner) = runners.get(&i.runner_id).cloned().unwrap_or_default();
         // A day's share of an interval that spans midnight is its own.
-        let pieces = if group_by == "day" { split_days(&i) } else { vec![i.clone()] };
+        let pieces = if group_by == GroupBy::Day { split_days(&i) } else { vec![i.clone()] };
         for piece in pieces {
             let cost = cost_of(&piece, &app.prices, &app.price_region);
-            let key = match group_by.as_str() {
-                "image" => image.clone(),
-                "user" => owner.clone(),
-                "day" => piece.start.format("%Y-%m-%d").to_string(),
-                _ => piece.runner_id.clone(),
+            let key = match group_by {
+                GroupBy::Image => image.clone(),
+                GroupBy::User => owner.clone(),
+                GroupBy::Day => piece.start.format("%Y-%m-%d").to_string(),
+                GroupBy::Runner => piece.runner_id.clone(),
             };
             groups.entry(key).or_default().add(cost);
             total.add(cost);
@@ -151,7 +163,7 @@ pub async fn describe_costs(State(app): State<AppState>, params: Params) -> Resu
         .map(|o| StorageCost { usd_per_month: s3_monthly_usd(o.bytes, &app.prices), s3_output: o.s3_output, bytes: o.bytes })
         .collect();
     Ok(Json(CostReport {
-        group_by,
+        group_by: group_by.as_str().to_owned(),
         since,
         until,
         groups: groups.into_iter().map(|(k, c)| rounded(c, k)).collect(),
@@ -177,15 +189,59 @@ fn split_days(i: &geonex_shared::cost::Interval) -> Vec<geonex_shared::cost::Int
 
 #[derive(Deserialize, IntoParams, ToSchema)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct SetBudgetParams {
-    /// `user` or `image`.
-    scope: String,
+    scope: BudgetScope,
     /// The user (as commands name their requester: a user name, or `service:NAME`) or the image name.
-    subject: String,
+    subject: Subject,
     /// USD a calendar month (UTC).
-    monthly_usd: f64,
+    monthly_usd: MonthlyUsd,
 }
+
+/// What a budget is for: a user or an image name, at most 255 bytes.
+pub struct Subject(String);
+
+impl Subject {
+    pub const MAX_BYTES: usize = 255;
+}
+
+impl<'de> Deserialize<'de> for Subject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.len() > Subject::MAX_BYTES {
+            return Err(serde::de::Error::custom(format!("is longer than {} characters", Subject::MAX_BYTES)));
+        }
+        Ok(Subject(text))
+    }
+}
+
+schema!([] Subject, "BudgetSubject", ObjectBuilder::new()
+    .schema_type(Type::String)
+    .description(Some("A user or an image name, at most 255 bytes."))
+    .min_length(Some(1))
+    .examples(["alice"]));
+
+/// A monthly budget in USD, from 0 to a billion.
+pub struct MonthlyUsd(f64);
+
+impl MonthlyUsd {
+    pub const MAX: f64 = 1e9;
+}
+
+impl<'de> Deserialize<'de> for MonthlyUsd {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.parse::<f64>() {
+            Ok(n) if n.is_finite() && (0.0..=MonthlyUsd::MAX).contains(&n) => Ok(MonthlyUsd(n)),
+            _ => Err(serde::de::Error::custom("must be a number of dollars from 0 to 1000000000")),
+        }
+    }
+}
+
+schema!([] MonthlyUsd, "MonthlyUsd", ObjectBuilder::new()
+    .schema_type(Type::Number)
+    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Double)))
+    .description(Some("USD a calendar month (UTC)."))
+    .minimum(Some(0.0))
+    .maximum(Some(MonthlyUsd::MAX)));
 
 #[utoipa::path(post, path = "/set-budget", tag = "costs", security(("bearer" = [])),
     request_body(content = SetBudgetParams, content_type = "application/json"),
@@ -198,18 +254,8 @@ pub async fn set_budget(
     Extension(caller): Extension<Caller>,
     params: Params,
 ) -> Result<Response, ApiError> {
-    let scope = params.parse("scope", |v| {
-        BudgetScope::parse(v).ok_or_else(|| FieldError::invalid("scope", "must be user or image"))
-    })?;
-    let subject = params.required("subject")?;
-    if subject.len() > 255 {
-        return Err(FieldError::invalid("subject", "is longer than 255 characters").into());
-    }
-    let amount = params.parse("monthly_usd", |v| match v.parse::<f64>() {
-        Ok(n) if n.is_finite() && (0.0..=1e9).contains(&n) => Ok(n),
-        _ => Err(FieldError::invalid("monthly_usd", "must be a number of dollars from 0 to 1000000000")),
-    })?;
-    let b = app.db.set_budget(scope, subject, amount, &caller.label).await?;
+    let SetBudgetParams { scope, subject: Subject(subject), monthly_usd: MonthlyUsd(amount) } = params.decode()?;
+    let b = app.db.set_budget(scope, &subject, amount, &caller.label).await?;
     Ok((StatusCode::OK, Json(b)).into_response())
 }
 

@@ -10,7 +10,6 @@ use axum::http::header::IF_NONE_MATCH;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use geonex_shared::domain::{Action, CommandStatus, DesiredState, ObservedState};
-use geonex_shared::error::FieldError;
 use geonex_shared::store::fleet::TRANSITIONAL;
 use geonex_shared::store::{CommandQuery, CommandRecord, RunnerQuery, RunnerRecord, WorkerProcess};
 use serde::{Deserialize, Serialize};
@@ -20,7 +19,7 @@ use uuid::Uuid;
 use crate::state::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::{etag, not_modified, page, with_etag};
-use crate::params::Params;
+use crate::params::{CommandId, Cursor, PageLimit, Params, not_a_cursor, page_size};
 
 /// A runner as `/describe-runners` shows it: the record plus what is computed
 /// at read time.
@@ -69,39 +68,29 @@ pub struct CommandList {
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct DescribeRunnersParams {
     runner_id: Option<String>,
-    /// Observed state: requested, pending, running, stopping, stopped, shutting-down, terminated, failed.
-    state: Option<String>,
-    /// Desired state: running, stopped, deleted.
-    desired_state: Option<String>,
-    limit: Option<i64>,
-    cursor: Option<String>,
+    /// Observed state.
+    state: Option<ObservedState>,
+    desired_state: Option<DesiredState>,
+    limit: Option<PageLimit>,
+    cursor: Option<Cursor>,
 }
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct DescribeCommandsParams {
     runner_id: Option<String>,
-    /// queued, running, retrying, succeeded, dead.
-    status: Option<String>,
-    /// start_runner, restart_runner, stop_runner, delete_runner, send_email, s3_usage_scan.
-    action: Option<String>,
-    limit: Option<i64>,
-    cursor: Option<String>,
+    status: Option<CommandStatus>,
+    action: Option<Action>,
+    limit: Option<PageLimit>,
+    cursor: Option<Cursor>,
 }
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct DescribeCommandParams {
-    command_id: Uuid,
-}
-
-fn enum_param<T>(params: &Params, name: &'static str, parse: fn(&str) -> Option<T>, allowed: &str) -> Result<Option<T>, FieldError> {
-    params.parse_opt(name, |v| parse(v).ok_or_else(|| FieldError::invalid(name, format!("must be one of: {allowed}"))))
+    command_id: CommandId,
 }
 
 #[utoipa::path(get, path = "/describe-runners", tag = "runners", params(DescribeRunnersParams),
@@ -133,13 +122,13 @@ pub async fn describe_runners(State(app): State<AppState>, headers: HeaderMap, p
     if let Some(page) = app.caches.runner_pages.get(&tag) {
         return Ok(with_etag(json_bytes(page), &tag));
     }
-    let limit = params.limit(app.settings.default_page_size, app.settings.max_page_size)?;
+    let p: DescribeRunnersParams = params.decode()?;
+    let limit = page_size(p.limit.as_ref(), &app.settings)?;
     let q = RunnerQuery {
-        runner_id: params.get("runner_id").map(str::to_owned),
-        observed: enum_param(&params, "state", ObservedState::parse,
-            "requested, pending, running, stopping, stopped, shutting-down, terminated, failed")?,
-        desired: enum_param(&params, "desired_state", DesiredState::parse, "running, stopped, deleted")?,
-        after_runner_id: params.cursor('r')?,
+        runner_id: p.runner_id,
+        observed: p.state,
+        desired: p.desired_state,
+        after_runner_id: Cursor::after(p.cursor, 'r')?,
         limit: limit + 1,
     };
     let (runners, next_cursor) = page(app.db.list_runners(&q).await?, limit, 'r', |r| r.runner_id.clone());
@@ -184,16 +173,16 @@ pub async fn describe_commands(State(app): State<AppState>, headers: HeaderMap, 
     if let Some(r) = not_modified(&headers, &tag) {
         return Ok(r);
     }
-    let limit = params.limit(app.settings.default_page_size, app.settings.max_page_size)?;
-    let before_seq = match params.cursor('c')? {
-        Some(s) => Some(s.parse::<i64>().map_err(|_| FieldError::invalid("cursor", "is not a cursor this API returned"))?),
+    let p: DescribeCommandsParams = params.decode()?;
+    let limit = page_size(p.limit.as_ref(), &app.settings)?;
+    let before_seq = match Cursor::after(p.cursor, 'c')? {
+        Some(s) => Some(s.parse::<i64>().map_err(|_| not_a_cursor())?),
         None => None,
     };
     let q = CommandQuery {
-        runner_id: params.get("runner_id").map(str::to_owned),
-        status: enum_param(&params, "status", CommandStatus::parse, "queued, running, retrying, succeeded, dead")?,
-        action: enum_param(&params, "action", Action::parse,
-            "start_runner, restart_runner, stop_runner, delete_runner, send_email, s3_usage_scan")?,
+        runner_id: p.runner_id,
+        status: p.status,
+        action: p.action,
         before_seq,
         limit: limit + 1,
     };
@@ -208,9 +197,7 @@ pub async fn describe_commands(State(app): State<AppState>, headers: HeaderMap, 
         (status = 404, description = "Unknown command", body = ErrorBody),
     ))]
 pub async fn describe_command(State(app): State<AppState>, params: Params) -> Result<Response, ApiError> {
-    let id = params.parse("command_id", |v| {
-        Uuid::parse_str(v).map_err(|_| FieldError::invalid("command_id", "must be a UUID"))
-    })?;
+    let DescribeCommandParams { command_id: CommandId(id) } = params.decode()?;
     let Some(command) = app.db.get_command(id).await? else {
         return Err(ApiError::not_found(&format!("command {id}"), "command_id"));
     };

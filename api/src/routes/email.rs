@@ -22,14 +22,13 @@ use crate::routes::runners::Accepted;
 
 #[derive(Deserialize, IntoParams, ToSchema)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct SendEmailParams {
     /// The image the message is about (a Docker reference).
-    image_name: String,
+    image_name: ImageRef,
     /// The applicant's user name, used in the greeting.
-    user_name: String,
+    user_name: UserName,
     /// The recipient's address.
-    email: String,
+    email: EmailAddress,
 }
 
 #[utoipa::path(method(get, post), path = "/send-email", tag = "images", security(("bearer" = [])),
@@ -47,9 +46,7 @@ pub async fn send_email(
     headers: HeaderMap,
     params: Params,
 ) -> Result<Response, ApiError> {
-    let image_name = params.parse("image_name", ImageRef::parse)?;
-    let user_name = params.parse("user_name", UserName::parse)?;
-    let email = params.parse("email", EmailAddress::parse)?;
+    let SendEmailParams { image_name, user_name, email } = params.decode()?;
     let cmd = NewEmailCommand {
         command_id: Uuid::now_v7(),
         params: EmailParams {

@@ -8,7 +8,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use geonex_shared::domain::ImageRef;
-use geonex_shared::error::FieldError;
 use geonex_shared::store::email::CommandOrigin;
 use geonex_shared::store::images::{
     Decision, ImageChange, ImageDecision, ImageError, ImageQuery, ImageRecord, ImageStatus, NewImage,
@@ -19,62 +18,66 @@ use utoipa::{IntoParams, ToSchema};
 use crate::state::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::params::Params;
+use crate::params::{Cursor, Line, PageLimit, Params, Text, page_size};
 use crate::http::{etag, not_modified, page, with_etag};
 use crate::http::trace_id;
 
 #[derive(Deserialize, ToSchema)]
-#[allow(dead_code)]
 pub struct RegisterImageBody {
     /// A Docker image reference, e.g. `geonex/active_fire_go16abi15:1.5`.
-    image_name: String,
-    /// What the algorithm does (1–2000 characters).
-    description: String,
-    /// The applicant's organization (1–200 characters).
-    organization: String,
+    image_name: ImageRef,
+    /// What the algorithm does.
+    description: Text<2000>,
+    /// The applicant's organization.
+    organization: Line<200>,
 }
 
 #[derive(Deserialize, ToSchema)]
-#[allow(dead_code)]
 pub struct DecideImageBody {
-    image_name: String,
-    /// Optional, up to 1000 characters; sent to the applicant.
-    reason: Option<String>,
+    image_name: ImageRef,
+    /// Optional; sent to the applicant.
+    reason: Option<Text<1000>>,
 }
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct DescribeImagesParams {
-    /// pending, approved, rejected.
-    status: Option<String>,
+    status: Option<StatusFilter>,
     /// The applicant's user name (or `service:NAME`).
-    owner: Option<String>,
-    limit: Option<i64>,
-    cursor: Option<String>,
+    owner: Option<Line<200>>,
+    limit: Option<PageLimit>,
+    cursor: Option<Cursor>,
+}
+
+/// An image's status, as a filter.
+pub struct StatusFilter(ImageStatus);
+
+impl<'de> Deserialize<'de> for StatusFilter {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        ImageStatus::parse(&text)
+            .map(StatusFilter)
+            .ok_or_else(|| serde::de::Error::custom("must be one of: pending, approved, rejected"))
+    }
+}
+
+impl utoipa::PartialSchema for StatusFilter {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        ImageStatus::schema()
+    }
+}
+
+/// The same schema as the status it filters on.
+impl ToSchema for StatusFilter {
+    fn name() -> std::borrow::Cow<'static, str> {
+        ImageStatus::name()
+    }
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct ImageList {
     pub images: Vec<ImageRecord>,
     pub next_cursor: Option<String>,
-}
-
-/// Free text: within the length limits, and no control characters other than
-/// line breaks and tabs (which multi-line descriptions need).
-fn text(params: &Params, name: &'static str, max: usize, multiline: bool) -> Result<Option<String>, FieldError> {
-    let Some(v) = params.get(name) else { return Ok(None) };
-    if v.chars().count() > max {
-        return Err(FieldError::invalid(name, format!("must be at most {max} characters")));
-    }
-    let allowed = |c: char| !c.is_control() || (multiline && matches!(c, '\n' | '\r' | '\t'));
-    if !v.chars().all(allowed) {
-        return Err(FieldError::invalid(name, "must not contain control characters"));
-    }
-    if v.trim().is_empty() {
-        return Err(FieldError::missing(name));
-    }
-    Ok(Some(v.trim().to_owned()))
 }
 
 fn origin(app: &AppState, caller: &Caller, headers: &HeaderMap) -> CommandOrigin {
@@ -122,9 +125,8 @@ pub async fn register_image(
     headers: HeaderMap,
     params: Params,
 ) -> Result<Response, ApiError> {
-    let image_name = params.parse("image_name", ImageRef::parse)?;
-    let description = text(&params, "description", 2000, true)?.ok_or_else(|| FieldError::missing("description"))?;
-    let organization = text(&params, "organization", 200, false)?.ok_or_else(|| FieldError::missing("organization"))?;
+    let RegisterImageBody { image_name, description, organization } = params.decode()?;
+    let (description, organization) = (description.into_inner(), organization.into_inner());
     let change = app
         .db
         .register_image(NewImage {
@@ -143,8 +145,8 @@ pub async fn register_image(
 }
 
 async fn decide(app: AppState, caller: Caller, headers: HeaderMap, params: Params, decision: Decision) -> Result<Response, ApiError> {
-    let image_name = params.parse("image_name", ImageRef::parse)?;
-    let reason = text(&params, "reason", 1000, true)?;
+    let DecideImageBody { image_name, reason } = params.decode()?;
+    let reason = reason.map(Text::into_inner);
     let change = app
         .db
         .decide_image(ImageDecision { image_name, decision, reason, origin: origin(&app, &caller, &headers) })
@@ -200,12 +202,14 @@ pub async fn describe_images(State(app): State<AppState>, headers: HeaderMap, pa
     if let Some(r) = not_modified(&headers, &tag) {
         return Ok(r);
     }
-    let limit = params.limit(app.settings.default_page_size, app.settings.max_page_size)?;
-    let status = params.parse_opt("status", |v| {
-        ImageStatus::parse(v).ok_or_else(|| FieldError::invalid("status", "must be one of: pending, approved, rejected"))
-    })?;
-    let owner = text(&params, "owner", 200, false)?;
-    let q = ImageQuery { status, owner, after_image_name: params.cursor('i')?, limit: limit + 1 };
+    let p: DescribeImagesParams = params.decode()?;
+    let limit = page_size(p.limit.as_ref(), &app.settings)?;
+    let q = ImageQuery {
+        status: p.status.map(|s| s.0),
+        owner: p.owner.map(Line::into_inner),
+        after_image_name: Cursor::after(p.cursor, 'i')?,
+        limit: limit + 1,
+    };
     let (images, next_cursor) = page(app.db.list_images(&q).await?, limit, 'i', |i| i.image_name.clone());
     Ok(with_etag(Json(ImageList { images, next_cursor }).into_response(), &tag))
 }

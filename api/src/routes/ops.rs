@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::state::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::params::Params;
+use crate::params::{CommandId, Params, document_page_size};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -41,20 +41,20 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     let body = json!({
         "status": if status == StatusCode::OK { "ready" } else { "not ready" },
         "database": if db_ok { "ok" } else { "unreachable" },
-        "broker": { "status": if mq_ok { "ok" } else { "unreachable" }, "kind": app.dispatcher.queue().describe() },
+        "broker": { "status": if mq_ok { "ok" } else { "unreachable" }, "kind": app.dispatcher.queue().label() },
         "cloud": app.cloud_label,
     });
     (status, Json(body)).into_response()
 }
 
+/// Exactly one of the three.
 #[derive(Deserialize, IntoParams, ToSchema)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct ReplayParams {
     /// Replay one dead command.
-    command_id: Option<Uuid>,
+    command_id: Option<CommandId>,
     /// Replay every dead command of this action.
-    action: Option<String>,
+    action: Option<Action>,
     /// `true` to replay every dead command.
     all: Option<bool>,
 }
@@ -71,20 +71,9 @@ pub struct Skipped {
     pub reason: String,
 }
 
-pub fn replay_selector(params: &Params) -> Result<ReplaySelector, FieldError> {
-    let id = params.parse_opt("command_id", |v| {
-        Uuid::parse_str(v).map_err(|_| FieldError::invalid("command_id", "must be a UUID"))
-    })?;
-    let action = params.parse_opt("action", |v| {
-        Action::parse(v).ok_or_else(|| FieldError::invalid("action", "is not a known action"))
-    })?;
-    let all = params.parse_opt("all", |v| match v {
-        "true" => Ok(true),
-        "false" => Ok(false),
-        _ => Err(FieldError::invalid("all", "must be true or false")),
-    })?;
-    match (id, action, all.unwrap_or(false)) {
-        (Some(id), None, false) => Ok(ReplaySelector::Command(id)),
+pub fn replay_selector(params: ReplayParams) -> Result<ReplaySelector, FieldError> {
+    match (params.command_id, params.action, params.all.unwrap_or(false)) {
+        (Some(CommandId(id)), None, false) => Ok(ReplaySelector::Command(id)),
         (None, Some(a), false) => Ok(ReplaySelector::Action(a)),
         (None, None, true) => Ok(ReplaySelector::All),
         (None, None, false) => Err(FieldError::missing("command_id")),
@@ -101,7 +90,7 @@ pub fn replay_selector(params: &Params) -> Result<ReplaySelector, FieldError> {
         (status = 409, description = "The command is not dead", body = ErrorBody),
     ))]
 pub async fn replay_command(State(app): State<AppState>, params: Params) -> Result<Json<ReplayResult>, ApiError> {
-    let selector = replay_selector(&params)?;
+    let selector = replay_selector(params.decode()?)?;
     if let ReplaySelector::Command(id) = selector {
         match app.db.get_command(id).await? {
             None => return Err(ApiError::not_found(&format!("command {id}"), "command_id")),
@@ -128,16 +117,17 @@ pub async fn replay_command(State(app): State<AppState>, params: Params) -> Resu
 
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "This document")))]
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(crate::ApiDoc::openapi())
+pub async fn openapi(State(app): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
+    let mut doc = crate::ApiDoc::openapi();
+    document_page_size(&mut doc, &app.settings);
+    Json(doc)
 }
 
 #[derive(Deserialize, IntoParams, ToSchema)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct CancelParams {
     /// The command to cancel: queued, retrying or waiting.
-    command_id: Uuid,
+    command_id: CommandId,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -162,9 +152,7 @@ pub async fn cancel_command(
     axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     params: Params,
 ) -> Result<Json<CancelResult>, ApiError> {
-    let id = params
-        .parse_opt("command_id", |v| Uuid::parse_str(v).map_err(|_| FieldError::invalid("command_id", "must be a UUID")))?
-        .ok_or_else(|| FieldError::missing("command_id"))?;
+    let CancelParams { command_id: CommandId(id) } = params.decode()?;
     let reason = format!("cancelled by {}", caller.label);
     if app.db.cancel_command(id, &reason).await? {
         tracing::info!(command_id = %id, by = %caller.label, "command cancelled");

@@ -7,20 +7,21 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use geonex_shared::failpoint;
-use geonex_shared::domain::{ImageRef, InstanceId, InstanceType, RunnerId, RunnerName, S3Uri};
+use geonex_shared::domain::{ImageRef, InstanceId, InstanceType, RunnerId, RunnerName, S3Uri, deserialize_parsed};
 use geonex_shared::store::images::ImageStatus;
 use geonex_shared::cost::PurchaseOption;
 use geonex_shared::error::FieldError;
 use geonex_shared::store::{NewRunnerCommand, RunnerOptions, RunnerRequest};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use uuid::Uuid;
 
 use crate::state::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::{idempotency_key, trace_id};
-use crate::params::Params;
+use crate::params::{Params, schema};
 
 /// The answer to an accepted command.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -35,87 +36,125 @@ pub struct Accepted {
 
 #[derive(Deserialize, IntoParams, ToSchema)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct StartRunnerParams {
     /// EC2 instance type, e.g. `m5d.4xlarge` (must be in the allowed list).
-    instance_type: String,
+    instance_type: InstanceType,
     /// Docker image reference of an algorithm, e.g. `geonex/active_fire_go16abi15:1.5`.
-    image_name: String,
+    image_name: ImageRef,
     /// Where results go: `s3://bucket/prefix`.
-    s3_output: String,
-    /// Client-chosen runner id (1–128 of `A-Za-z0-9._-`).
-    runner_id: String,
-    runner_name: String,
+    s3_output: S3Uri,
+    /// Client-chosen runner id.
+    runner_id: RunnerId,
+    runner_name: RunnerName,
     /// `on-demand` (default), `spot`, or `spot-or-on-demand` (spot, on-demand when spot capacity is short).
-    purchase_option: Option<String>,
-    /// Comma-separated instance types tried in order when EC2 has no capacity for `instance_type`.
-    fallback_instance_types: Option<String>,
+    purchase_option: Option<PurchaseOption>,
+    /// Comma-separated instance types tried in order when EC2 has no capacity for `instance_type`
+    /// (each in the allowed list).
+    fallback_instance_types: Option<FallbackTypes>,
     /// Stop the runner when no container has started for this long: seconds, or with
     /// `m`, `h` or `d` (at least 60 s); never while a container runs.
-    idle_stop_after: Option<String>,
+    idle_stop_after: Option<IdleStopAfter>,
 }
 
 #[derive(Deserialize, IntoParams, ToSchema)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct RestartRunnerParams {
     /// The runner's current instance.
-    instance_id: String,
-    image_name: String,
-    s3_output: String,
-    runner_id: String,
-    runner_name: String,
+    instance_id: InstanceId,
+    image_name: ImageRef,
+    s3_output: S3Uri,
+    runner_id: RunnerId,
+    runner_name: RunnerName,
 }
 
 #[derive(Deserialize, IntoParams, ToSchema)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct StopOrDeleteRunnerParams {
-    instance_id: String,
-    runner_id: String,
+    instance_id: InstanceId,
+    runner_id: RunnerId,
     /// Optional; informational.
-    runner_name: Option<String>,
+    runner_name: Option<RunnerName>,
 }
 
-/// The fallback types: comma-separated, each an allowed instance type, at most five.
-fn fallback_types(app: &AppState, v: &str) -> Result<Vec<InstanceType>, FieldError> {
-    let field = "fallback_instance_types";
-    let types = v
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|t| {
-            let parsed = InstanceType::parse(t).map_err(|e| FieldError::invalid(field, e.message))?;
-            app.instance_types.check(&parsed).map_err(|e| FieldError::invalid(field, e.message))?;
-            Ok(parsed)
-        })
-        .collect::<Result<Vec<_>, FieldError>>()?;
-    if types.len() > 5 {
-        return Err(FieldError::invalid(field, "names at most 5 instance types"));
+/// `fallback_instance_types`: comma-separated instance types, at most five.
+/// Whether each is allowed is the handler's to check.
+pub struct FallbackTypes(Vec<InstanceType>);
+
+impl FallbackTypes {
+    pub const MAX: usize = 5;
+
+    fn parse(v: &str) -> Result<Self, FieldError> {
+        let field = "fallback_instance_types";
+        let types = v
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| InstanceType::parse(t).map_err(|e| FieldError::invalid(field, e.reason())))
+            .collect::<Result<Vec<_>, FieldError>>()?;
+        if types.len() > Self::MAX {
+            return Err(FieldError::invalid(field, format!("names at most {} instance types", Self::MAX)));
+        }
+        Ok(Self(types))
     }
-    Ok(types)
+
+    /// The types, each checked against the allowed list.
+    fn allowed(self, app: &AppState) -> Result<Vec<InstanceType>, FieldError> {
+        for t in &self.0 {
+            app.instance_types.check(t).map_err(|e| FieldError::invalid("fallback_instance_types", e.reason()))?;
+        }
+        Ok(self.0)
+    }
 }
+
+impl<'de> Deserialize<'de> for FallbackTypes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_parsed(d, Self::parse)
+    }
+}
+
+schema!([] FallbackTypes, "FallbackTypes", ObjectBuilder::new()
+    .schema_type(Type::String)
+    .description(Some("Comma-separated EC2 instance types, at most five."))
+    .examples(["m5d.2xlarge,m5.4xlarge"]));
 
 /// `idle_stop_after`: seconds, or a number with `m`, `h` or `d`; 60 s to 30 days.
-fn idle_secs(v: &str) -> Result<i64, FieldError> {
-    let bad = || FieldError::invalid("idle_stop_after", "must be a duration such as 900, 30m, 2h or 1d (60 s to 30 days)");
-    let (number, unit) = match v.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&v[..i], c),
-        _ => (v, 's'),
-    };
-    let n: i64 = number.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        's' => n,
-        'm' => n.checked_mul(60).ok_or_else(bad)?,
-        'h' => n.checked_mul(3600).ok_or_else(bad)?,
-        'd' => n.checked_mul(86_400).ok_or_else(bad)?,
-        _ => return Err(bad()),
-    };
-    if !(60..=30 * 86_400).contains(&secs) {
-        return Err(bad());
+pub struct IdleStopAfter(i64);
+
+impl IdleStopAfter {
+    pub const PATTERN: &str = r"^\+?[0-9]+[smhd]?$";
+
+    fn parse(v: &str) -> Result<Self, FieldError> {
+        let bad = || FieldError::invalid("idle_stop_after", "must be a duration such as 900, 30m, 2h or 1d (60 s to 30 days)");
+        let (number, unit) = match v.char_indices().last() {
+            Some((i, c)) if c.is_ascii_alphabetic() => (&v[..i], c),
+            _ => (v, 's'),
+        };
+        let n: i64 = number.parse().map_err(|_| bad())?;
+        let secs = match unit {
+            's' => n,
+            'm' => n.checked_mul(60).ok_or_else(bad)?,
+            'h' => n.checked_mul(3600).ok_or_else(bad)?,
+            'd' => n.checked_mul(86_400).ok_or_else(bad)?,
+            _ => return Err(bad()),
+        };
+        if !(60..=30 * 86_400).contains(&secs) {
+            return Err(bad());
+        }
+        Ok(Self(secs))
     }
-    Ok(secs)
 }
+
+impl<'de> Deserialize<'de> for IdleStopAfter {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_parsed(d, Self::parse)
+    }
+}
+
+schema!([] IdleStopAfter, "IdleStopAfter", ObjectBuilder::new()
+    .schema_type(Type::String)
+    .description(Some("A duration from 60 seconds to 30 days: seconds, or a number with `m`, `h` or `d`."))
+    .pattern(Some(IdleStopAfter::PATTERN))
+    .examples(["30m"]));
 
 /// A start or restart of a runner whose owner's (or image's) budget is spent
 /// this month is refused, naming the budget.
@@ -225,23 +264,13 @@ pub async fn start_runner(
     headers: HeaderMap,
     params: Params,
 ) -> Result<Response, ApiError> {
-    let instance_type = params.parse("instance_type", InstanceType::parse)?;
+    let p: StartRunnerParams = params.decode()?;
+    let StartRunnerParams { instance_type, image_name, s3_output, runner_id, runner_name, .. } = p;
     app.instance_types.check(&instance_type)?;
-    let image_name = params.parse("image_name", ImageRef::parse)?;
-    let s3_output = params.parse("s3_output", S3Uri::parse)?;
-    let runner_id = params.parse("runner_id", RunnerId::parse)?;
-    let runner_name = params.parse("runner_name", RunnerName::parse)?;
     let options = RunnerOptions {
-        purchase_option: params
-            .parse_opt("purchase_option", |v| {
-                PurchaseOption::parse(v)
-                    .ok_or_else(|| FieldError::invalid("purchase_option", "must be on-demand, spot or spot-or-on-demand"))
-            })?
-            .unwrap_or_default(),
-        fallback_instance_types: params
-            .parse_opt("fallback_instance_types", |v| fallback_types(&app, v))?
-            .unwrap_or_default(),
-        idle_stop_after_secs: params.parse_opt("idle_stop_after", idle_secs)?,
+        purchase_option: p.purchase_option.unwrap_or_default(),
+        fallback_instance_types: p.fallback_instance_types.map(|f| f.allowed(&app)).transpose()?.unwrap_or_default(),
+        idle_stop_after_secs: p.idle_stop_after.map(|d| d.0),
     };
     ensure_approved(&app, &image_name).await?;
     ensure_within_budget(&app, caller.label.as_str(), runner_id.as_str(), image_name.as_str()).await?;
@@ -266,11 +295,7 @@ pub async fn restart_runner(
     headers: HeaderMap,
     params: Params,
 ) -> Result<Response, ApiError> {
-    let instance_id = params.parse("instance_id", InstanceId::parse)?;
-    let image_name = params.parse("image_name", ImageRef::parse)?;
-    let s3_output = params.parse("s3_output", S3Uri::parse)?;
-    let runner_id = params.parse("runner_id", RunnerId::parse)?;
-    let runner_name = params.parse("runner_name", RunnerName::parse)?;
+    let RestartRunnerParams { instance_id, image_name, s3_output, runner_id, runner_name } = params.decode()?;
     ensure_approved(&app, &image_name).await?;
     ensure_within_budget(&app, caller.label.as_str(), runner_id.as_str(), image_name.as_str()).await?;
     submit(&app, &caller, &headers, runner_id, RunnerRequest::Restart { instance_id, image_name, s3_output, runner_name }).await
@@ -291,9 +316,7 @@ pub async fn stop_runner(
     headers: HeaderMap,
     params: Params,
 ) -> Result<Response, ApiError> {
-    let instance_id = params.parse("instance_id", InstanceId::parse)?;
-    let runner_id = params.parse("runner_id", RunnerId::parse)?;
-    let runner_name = params.parse_opt("runner_name", RunnerName::parse)?;
+    let StopOrDeleteRunnerParams { instance_id, runner_id, runner_name } = params.decode()?;
     submit(&app, &caller, &headers, runner_id, RunnerRequest::Stop { instance_id, runner_name, reason: None }).await
 }
 
@@ -312,8 +335,6 @@ pub async fn delete_runner(
     headers: HeaderMap,
     params: Params,
 ) -> Result<Response, ApiError> {
-    let instance_id = params.parse("instance_id", InstanceId::parse)?;
-    let runner_id = params.parse("runner_id", RunnerId::parse)?;
-    let runner_name = params.parse_opt("runner_name", RunnerName::parse)?;
+    let StopOrDeleteRunnerParams { instance_id, runner_id, runner_name } = params.decode()?;
     submit(&app, &caller, &headers, runner_id, RunnerRequest::Delete { instance_id, runner_name }).await
 }

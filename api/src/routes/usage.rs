@@ -12,30 +12,62 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use geonex_shared::domain::RunnerId;
+use geonex_shared::domain::{RunnerId, deserialize_parsed, text_schema};
 use geonex_shared::error::FieldError;
 use geonex_shared::store::usage::{OutputUsage, S3Output, ScanRequest, ScanScope, UsageQuery};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use uuid::Uuid;
 
 use crate::state::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::params::Params;
+use crate::params::{NOT_A_BOOLEAN, Params, schema};
 use crate::http::{not_modified, with_etag};
 use crate::http::trace_id;
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct GetS3UsageParams {
     /// Only the output this runner writes to.
-    runner_id: Option<String>,
+    runner_id: Option<RunnerId>,
     /// Only outputs in this bucket.
-    bucket: Option<String>,
-    /// `true` to request a scan of the outputs shown (answers with what is known now).
-    refresh: Option<bool>,
+    bucket: Option<BucketName>,
+    /// `true` (or `1`) to request a scan of the outputs shown (answers with what is known now).
+    refresh: Option<Refresh>,
 }
+
+/// `refresh`: `true` or `1`, `false` or `0`.
+pub struct Refresh(bool);
+
+impl<'de> Deserialize<'de> for Refresh {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "true" | "1" => Ok(Refresh(true)),
+            "false" | "0" => Ok(Refresh(false)),
+            _ => Err(serde::de::Error::custom(NOT_A_BOOLEAN)),
+        }
+    }
+}
+
+schema!([] Refresh, "Refresh", ObjectBuilder::new().schema_type(Type::Boolean));
+
+/// An S3 bucket's name, without a prefix.
+pub struct BucketName(String);
+
+impl<'de> Deserialize<'de> for BucketName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_parsed(d, parse_bucket).map(BucketName)
+    }
+}
+
+schema!([] BucketName, "BucketName", text_schema(
+    "An S3 bucket's name: lowercase letters, digits, `.` and `-`, as S3 names buckets.",
+    3,
+    64,
+    Some(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/?$"),
+    "geonex",
+));
 
 #[derive(Serialize, ToSchema)]
 pub struct OutputUsageBody {
@@ -89,16 +121,6 @@ pub struct S3Usage {
     pub stale_after_secs: u64,
 }
 
-fn parse_bool(params: &Params, name: &'static str) -> Result<bool, FieldError> {
-    Ok(params
-        .parse_opt(name, |v| match v {
-            "true" | "1" => Ok(true),
-            "false" | "0" => Ok(false),
-            _ => Err(FieldError::invalid(name, "must be true or false")),
-        })?
-        .unwrap_or(false))
-}
-
 fn parse_bucket(v: &str) -> Result<String, FieldError> {
     let o = S3Output::parse("bucket", &format!("s3://{v}"))?;
     if !o.prefix().is_empty() {
@@ -138,9 +160,9 @@ pub async fn get_s3_usage(
     headers: HeaderMap,
     params: Params,
 ) -> Result<Response, ApiError> {
-    let runner_id = params.parse_opt("runner_id", RunnerId::parse)?;
-    let bucket = params.parse_opt("bucket", parse_bucket)?;
-    let refresh = parse_bool(&params, "refresh")?;
+    let GetS3UsageParams { runner_id, bucket, refresh } = params.decode()?;
+    let bucket = bucket.map(|b| b.0);
+    let refresh = refresh.is_some_and(|r| r.0);
     if refresh && caller.role < Role::Operator {
         return Err(ApiError::Forbidden("refresh=true (a new scan) needs the operator role".into()));
     }

@@ -19,21 +19,22 @@ use uuid::Uuid;
 use crate::state::AppState;
 use crate::auth::{Caller, peer};
 use crate::error::{ApiError, ErrorBody};
-use crate::params::Params;
+use crate::params::{Cursor, PageLimit, Params, page_size};
 use crate::http::{etag, not_modified, page, with_etag};
 
 #[derive(Deserialize, ToSchema)]
-#[allow(dead_code)]
 pub struct RegisterUserBody {
-    /// 3–64 characters of letters, digits, `.`, `_`, `-`; unique in any case.
-    user_name: String,
-    /// 12–128 characters, not a common password. Send it in the body, never the URL.
-    password: String,
-    /// Also accepted as `Display_name`, the original document's spelling.
-    display_name: String,
-    email: String,
+    user_name: UserName,
+    password: Password,
+    /// Required, or as `Display_name`.
+    display_name: Option<DisplayName>,
+    /// The original document's spelling of `display_name`, read when that is absent.
+    #[serde(rename = "Display_name")]
+    #[schema(value_type = Option<DisplayName>)]
+    display_name_as_documented: Option<String>,
+    email: EmailAddress,
     /// Only an administrator may set this; self-registered users get `user`.
-    role: Option<String>,
+    role: Option<Role>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -42,10 +43,12 @@ pub struct UserList {
     pub next_cursor: Option<String>,
 }
 
+/// Not checked against the rules of registration: a login only says whether
+/// they match an account.
 #[derive(Deserialize, ToSchema)]
-#[allow(dead_code)]
 pub struct LoginBody {
     user_name: String,
+    #[schema(format = Password)]
     password: String,
 }
 
@@ -60,10 +63,9 @@ pub struct Session {
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct DescribeUsersParams {
-    limit: Option<i64>,
-    cursor: Option<String>,
+    limit: Option<PageLimit>,
+    cursor: Option<Cursor>,
 }
 
 #[utoipa::path(post, path = "/register-user", tag = "users",
@@ -80,24 +82,17 @@ pub async fn register_user(
     params: Params,
 ) -> Result<Response, ApiError> {
     params.require_body("password")?;
-    let user_name = params.parse("user_name", UserName::parse)?;
-    let password = params.parse("password", Password::parse)?;
-    let display_name = match params.get("display_name").or_else(|| params.get("Display_name")) {
-        Some(v) => DisplayName::parse(v)?,
-        None => return Err(FieldError::missing("display_name").into()),
+    let RegisterUserBody { user_name, password, display_name, display_name_as_documented, email, role } = params.decode()?;
+    let display_name = match (display_name, display_name_as_documented) {
+        (Some(name), _) => name,
+        (None, Some(name)) => DisplayName::parse(&name)?,
+        (None, None) => return Err(FieldError::missing("display_name").into()),
     };
-    let email = params.parse("email", EmailAddress::parse)?;
     let is_admin = caller.as_ref().is_some_and(|c| c.role == Role::Admin);
-    let role = match params.get("role") {
-        None => Role::User,
-        Some(r) => {
-            let role = Role::parse(r).ok_or_else(|| FieldError::invalid("role", "must be user, operator or admin"))?;
-            if role != Role::User && !is_admin {
-                return Err(ApiError::Forbidden("only an administrator may choose a role".into()));
-            }
-            role
-        }
-    };
+    let role = role.unwrap_or(Role::User);
+    if role != Role::User && !is_admin {
+        return Err(ApiError::Forbidden("only an administrator may choose a role".into()));
+    }
     let password_hash = tokio::task::spawn_blocking(move || password.hash())
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
@@ -137,8 +132,9 @@ pub async fn describe_users(State(app): State<AppState>, headers: HeaderMap, par
     if let Some(r) = not_modified(&headers, &tag) {
         return Ok(r);
     }
-    let limit = params.limit(app.settings.default_page_size, app.settings.max_page_size)?;
-    let after = params.cursor('u')?;
+    let p: DescribeUsersParams = params.decode()?;
+    let limit = page_size(p.limit.as_ref(), &app.settings)?;
+    let after = Cursor::after(p.cursor, 'u')?;
     let (users, next_cursor) = page(app.db.list_users(after.as_deref(), limit + 1).await?, limit, 'u', |u| u.user_name.clone());
     Ok(with_etag(Json(UserList { users, next_cursor }).into_response(), &tag))
 }
@@ -155,8 +151,7 @@ pub async fn login(State(app): State<AppState>, req: axum::extract::Request) -> 
     let peer = peer(req.extensions());
     let params = <Params as axum::extract::FromRequest<AppState>>::from_request(req, &app).await?;
     params.require_body("password")?;
-    let user_name = params.required("user_name")?.to_owned();
-    let password = params.required("password")?.to_owned();
+    let LoginBody { user_name, password } = params.decode()?;
     if let Err(wait) = app.throttle.check(&user_name, peer) {
         return Err(ApiError::TooManyRequests(wait.as_secs().max(1)));
     }

@@ -98,7 +98,7 @@ impl Queue for LocalQueue {
         Ok(())
     }
 
-    fn describe(&self) -> String {
+    fn label(&self) -> String {
         "in-process queue".into()
     }
 }

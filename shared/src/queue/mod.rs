@@ -61,5 +61,5 @@ pub trait Queue: Send + Sync + 'static {
     async fn subscribe(&self, queue: WorkQueue, prefetch: u16) -> Result<Subscription, QueueError>;
     async fn ping(&self) -> Result<(), QueueError>;
     /// What the adapter is, for logs and `/readyz`.
-    fn describe(&self) -> String;
+    fn label(&self) -> String;
 }

@@ -298,7 +298,7 @@ impl Queue for RabbitQueue {
         self.publish_channel().await.map(|_| ())
     }
 
-    fn describe(&self) -> String {
+    fn label(&self) -> String {
         format!("rabbitmq (exchange {})", self.topology.exchange())
     }
 }

@@ -71,7 +71,7 @@ pub trait NotificationSource: Send + Sync + 'static {
     /// the spool: the notification need not come back.
     async fn ack(&self, notification: &Notification) -> anyhow::Result<()>;
     /// What the source is, for the log.
-    fn describe(&self) -> String;
+    fn label(&self) -> String;
 }
 
 /// One container to run: the object and the runner it runs for.
@@ -98,7 +98,7 @@ pub trait Executor: Send + Sync + 'static {
     /// Runs the container to its end (or its timeout).
     async fn run(&self, job: &Job<'_>) -> Outcome;
     /// What the executor is, for the log.
-    fn describe(&self) -> String;
+    fn label(&self) -> String;
 }
 
 /// The agent's identity and limits, checked once at start.
@@ -188,7 +188,7 @@ pub async fn run_with(
     let agent = Arc::new(agent);
     let spool = Arc::new(Spool::open(spool_dir).context("opening the event spool")?);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().context("building the HTTP client")?;
-    tracing::info!(runner_id = %agent.runner_id, source = %source.describe(), executor = %executor.describe(), "agent starting");
+    tracing::info!(runner_id = %agent.runner_id, source = %source.label(), executor = %executor.label(), "agent starting");
 
     // Spawned work logs in the caller's span (the instance of a simulated agent).
     let deliverer = tokio::spawn(deliver(agent.clone(), spool.clone(), http, shutdown.clone()).in_current_span());

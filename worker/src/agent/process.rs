@@ -66,7 +66,7 @@ impl Executor for ProcessExecutor {
         Outcome { exit_code, log_tail }
     }
 
-    fn describe(&self) -> String {
+    fn label(&self) -> String {
         format!("command {}", self.command.first().map(String::as_str).unwrap_or(""))
     }
 }

@@ -153,7 +153,7 @@ impl NotificationSource for SimFeed {
         self.save(&unacked)
     }
 
-    fn describe(&self) -> String {
+    fn label(&self) -> String {
         match self.interval {
             Some(i) => format!("simulated GOES feed: a new file in s3://{SIM_BUCKET} every {}s", i.as_secs_f64()),
             None => "simulated GOES feed: off".to_owned(),
@@ -249,7 +249,7 @@ impl Executor for SimExecutor {
         outcome(Some(exit_code), &log, s.log_tail_bytes)
     }
 
-    fn describe(&self) -> String {
+    fn label(&self) -> String {
         let s = &self.settings;
         format!(
             "simulated containers (about {} ms each, {}% fail) writing to {}",

@@ -70,7 +70,7 @@ impl NotificationSource for SqsSource {
         Ok(())
     }
 
-    fn describe(&self) -> String {
+    fn label(&self) -> String {
         format!("SQS queue {}", self.queue_url)
     }
 }

@@ -364,7 +364,7 @@ impl Cloud for Ec2Cloud {
             .inspect(|_| count("ModifyInstanceAttribute", "ok"))
     }
 
-    fn describe_self(&self) -> String {
+    fn label(&self) -> String {
         match &self.endpoint {
             Some(url) => format!("aws ec2 (endpoint {url})"),
             None => "aws ec2".into(),

@@ -124,7 +124,7 @@ pub trait Cloud: Send + Sync + 'static {
     /// Replaces the user data of a stopped instance.
     async fn set_user_data(&self, instance_id: &str, user_data: &str) -> Result<(), CloudError>;
     /// What the adapter is, for logs and `/readyz`.
-    fn describe_self(&self) -> String;
+    fn label(&self) -> String;
     /// The simulated cloud, when this adapter is one: its instances' agents run
     /// in this process, and startup has to run them ([`sim_agents::SimAgents`]).
     fn simulated(self: Arc<Self>) -> Option<Arc<sim::SimCloud>> {

@@ -554,7 +554,7 @@ impl Cloud for SimCloud {
         })
     }
 
-    fn describe_self(&self) -> String {
+    fn label(&self) -> String {
         "SIMULATED cloud (not AWS)".into()
     }
 

@@ -96,7 +96,7 @@ impl SimAgents {
     }
 
     /// What the agents do, for the startup summary.
-    pub fn describe(&self) -> String {
+    pub fn label(&self) -> String {
         match self.sim.data_interval_secs {
             0 => "agents on simulated instances, no simulated data".to_owned(),
             n => format!("agents on simulated instances, a simulated GOES file every {n}s"),

@@ -38,7 +38,7 @@ impl Mailer for FileMailer {
         Ok(format!("written to {}", path.display()))
     }
 
-    fn describe(&self) -> String {
+    fn label(&self) -> String {
         format!("files in {}", self.dir.display())
     }
 }

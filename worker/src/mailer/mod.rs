@@ -34,7 +34,7 @@ pub trait Mailer: Send + Sync + 'static {
     async fn send(&self, from: &lettre::message::Mailbox, email: &Email) -> Result<String, MailError>;
 
     /// Where messages go, for start-up logs (never credentials).
-    fn describe(&self) -> String;
+    fn label(&self) -> String;
 }
 
 /// Builds the MIME message: multipart/alternative with the plain text first,

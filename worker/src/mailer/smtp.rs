@@ -54,7 +54,7 @@ impl Mailer for SmtpMailer {
         }
     }
 
-    fn describe(&self) -> String {
+    fn label(&self) -> String {
         self.label.clone()
     }
 }
@@ -69,7 +69,7 @@ mod tests {
         assert_eq!(redacted("smtp://u:hunter2@mail.example.org:587?tls=required"), "smtp://mail.example.org:587");
         assert_eq!(redacted("smtps://mail.example.org"), "smtps://mail.example.org");
         let m = SmtpMailer::new("smtp://u:hunter2@127.0.0.1:2525", Duration::from_secs(1)).unwrap();
-        assert!(!m.describe().contains("hunter2"));
+        assert!(!m.label().contains("hunter2"));
         let bad = SmtpMailer::new("ftp://u:hunter2@x", Duration::from_secs(1)).err().unwrap();
         assert!(!bad.to_string().contains("hunter2"), "{bad}");
     }

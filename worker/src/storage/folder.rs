@@ -62,7 +62,7 @@ impl ObjectStore for FolderObjectStore {
             .map_err(|e| StorageError { kind: StorageErrorKind::Other, message: format!("listing task failed: {e}") })?
     }
 
-    fn describe_self(&self) -> String {
+    fn label(&self) -> String {
         format!("folders under {}", self.root.display())
     }
 }
@@ -555,7 +555,7 @@ mod tests {
         for nothing in ["nope/", "out/zz", "out/c/d/e/f.nc/", "out//", "/out/", "out/../out_v2/", "./out/"] {
             assert_eq!(store.list_page("bkt", nothing, None, None).await.unwrap(), ListPage::default(), "{nothing}");
         }
-        assert_eq!(store.describe_self(), format!("folders under {}", root.0.display()));
+        assert_eq!(store.label(), format!("folders under {}", root.0.display()));
     }
 
     #[tokio::test]

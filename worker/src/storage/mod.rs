@@ -59,7 +59,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         token: Option<String>,
     ) -> Result<ListPage, StorageError>;
     /// What the adapter is, for logs.
-    fn describe_self(&self) -> String;
+    fn label(&self) -> String;
 }
 
 /// A message received from the event queue.
@@ -75,5 +75,5 @@ pub trait EventQueue: Send + Sync + 'static {
     /// Waits (long polling) for up to a batch of messages; an empty batch is normal.
     async fn receive(&self) -> Result<Vec<EventMessage>, StorageError>;
     async fn delete(&self, receipts: &[String]) -> Result<(), StorageError>;
-    fn describe_self(&self) -> String;
+    fn label(&self) -> String;
 }

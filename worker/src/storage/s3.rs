@@ -110,7 +110,7 @@ impl ObjectStore for S3ObjectStore {
         Ok(page)
     }
 
-    fn describe_self(&self) -> String {
+    fn label(&self) -> String {
         match &self.endpoint {
             Some(url) => format!("aws s3 (endpoint {url})"),
             None => "aws s3".into(),

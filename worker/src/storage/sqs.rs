@@ -89,7 +89,7 @@ impl EventQueue for SqsEventQueue {
         Ok(())
     }
 
-    fn describe_self(&self) -> String {
+    fn label(&self) -> String {
         format!("sqs {}", self.queue_url)
     }
 }
