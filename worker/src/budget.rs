@@ -77,9 +77,16 @@ impl Op {
         }
     }
 
-    /// Calls whose callers queue for the next token rather than retry.
+    /// Calls whose callers queue for the next token rather than retry: each
+    /// command's own call (a restart's second call, ModifyInstanceAttribute,
+    /// retries instead, so that a command holds one reservation). Without a
+    /// queue, a burst of 200 stops polled the stop bucket some 700 times a
+    /// second, each poll a claim and a DescribeInstances.
     fn reserves(self) -> bool {
-        matches!(self, Op::RunInstances | Op::RunInstancesResource | Op::StartInstances)
+        matches!(
+            self,
+            Op::RunInstances | Op::RunInstancesResource | Op::StartInstances | Op::StopInstances | Op::TerminateInstances
+        )
     }
 }
 
@@ -173,7 +180,12 @@ impl Budget {
                 let at = Utc::now() + chrono::Duration::from_std(ready_in).unwrap_or_default();
                 Ok(Spend::Later { after: ready_in, reserved_at: Some(at) })
             }
-            Taken::Denied { retry_in } => Ok(Spend::Later { after: retry_in.max(Duration::from_millis(50)), reserved_at: None }),
+            // Spread out, so that the callers denied together do not all come
+            // back for the same next token.
+            Taken::Denied { retry_in } => {
+                let after = retry_in.max(Duration::from_millis(50)).mul_f64(1.0 + rand::random::<f64>());
+                Ok(Spend::Later { after, reserved_at: None })
+            }
         }
     }
 
