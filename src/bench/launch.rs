@@ -32,7 +32,7 @@ use super::probe::Probe;
 use super::progress::Progress;
 use super::scratch::{ScratchDatabase, ScratchDir, ScratchVhost};
 use super::serve::{self, Serve};
-use super::table::{self, Comparison, Row, Unit, baseline as measured};
+use super::table::{Comparison, Row, Unit, baseline as measured};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LaunchBench {
@@ -77,28 +77,7 @@ pub async fn run(args: LaunchBench) -> anyhow::Result<()> {
     if args.burst == 0 || args.rate_burst == 0 || args.workers == 0 || args.concurrency == 0 {
         bail!("--burst, --rate-burst, --workers and --concurrency must be at least 1");
     }
-    let dir = ScratchDir::create()?;
-    let db = ScratchDatabase::create(&args.database_url).await?;
-    eprintln!("scratch database {}", db.name);
-    let vhost = match ScratchVhost::create(&args.amqp_url).await {
-        Ok(v) => v,
-        Err(e) => {
-            db.remove().await;
-            return Err(e);
-        }
-    };
-    eprintln!("scratch vhost {}", vhost.name);
-    let result = tokio::select! {
-        r = measure(&args, &db, &vhost, &dir) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-    };
-    db.remove().await;
-    vhost.remove().await;
-    drop(dir);
-    let rows = result?;
-    println!();
-    print!("{}", table::render(&rows));
-    Ok(())
+    super::in_scratch(&args.database_url, &args.amqp_url, async |db, vhost, dir| measure(&args, db, vhost, dir).await).await
 }
 
 /// The scratch resources and the tokens every step uses.

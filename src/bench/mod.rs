@@ -27,6 +27,40 @@ pub enum Bench {
     Launch(launch::LaunchBench),
 }
 
+/// Runs `measure` in a scratch database, vhost and directory of its own, which
+/// are removed afterwards, on an error or on Ctrl-C alike, and prints the
+/// table it measured.
+async fn in_scratch(
+    database_url: &str,
+    amqp_url: &str,
+    measure: impl AsyncFnOnce(&scratch::ScratchDatabase, &scratch::ScratchVhost, &scratch::ScratchDir) -> anyhow::Result<Vec<table::Row>>,
+) -> anyhow::Result<()> {
+    let dir = scratch::ScratchDir::create()?;
+    let db = scratch::ScratchDatabase::create(database_url).await?;
+    eprintln!("scratch database {}", db.name);
+    let vhost = match scratch::ScratchVhost::create(amqp_url).await {
+        Ok(v) => v,
+        Err(e) => {
+            db.remove().await;
+            return Err(e);
+        }
+    };
+    eprintln!("scratch vhost {}", vhost.name);
+    // Interrupted, the measuring future is dropped, which kills the children;
+    // the scratch resources are removed either way.
+    let result = tokio::select! {
+        r = measure(&db, &vhost, &dir) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    db.remove().await;
+    vhost.remove().await;
+    drop(dir);
+    let rows = result?;
+    println!();
+    print!("{}", table::render(&rows));
+    Ok(())
+}
+
 pub async fn run(bench: Bench, settings: Settings) -> anyhow::Result<()> {
     match bench {
         Bench::S3Usage(args) => s3usage::run(args, settings).await,

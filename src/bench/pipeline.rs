@@ -30,7 +30,7 @@ use super::probe::Probe;
 use super::progress::Progress;
 use super::scratch::{ScratchDatabase, ScratchDir, ScratchVhost};
 use super::serve::{self, Serve};
-use super::table::{self, Comparison, Row, Unit, baseline as measured};
+use super::table::{Comparison, Row, Unit, baseline as measured};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct PipelineBench {
@@ -84,30 +84,10 @@ pub async fn run(args: PipelineBench) -> anyhow::Result<()> {
             None
         }
     };
-    let dir = ScratchDir::create()?;
-    let db = ScratchDatabase::create(&args.database_url).await?;
-    eprintln!("scratch database {}", db.name);
-    let vhost = match ScratchVhost::create(&args.amqp_url).await {
-        Ok(v) => v,
-        Err(e) => {
-            db.remove().await;
-            return Err(e);
-        }
-    };
-    eprintln!("scratch vhost {}", vhost.name);
-    // Interrupted, the measuring future is dropped, which kills the children;
-    // the scratch resources are removed either way.
-    let result = tokio::select! {
-        r = measure(&args, anchors.as_ref(), &db, &vhost, &dir) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-    };
-    db.remove().await;
-    vhost.remove().await;
-    drop(dir);
-    let rows = result?;
-    println!();
-    print!("{}", table::render(&rows));
-    Ok(())
+    super::in_scratch(&args.database_url, &args.amqp_url, async |db, vhost, dir| {
+        measure(&args, anchors.as_ref(), db, vhost, dir).await
+    })
+    .await
 }
 
 /// What one run against a serving process needs.
