@@ -255,8 +255,10 @@ async fn postgres_restarted_exhausted_and_down_mid_load_answers_503_and_recovers
     let pg = PrivatePostgres::start().await;
     let mut stage =
         Stage::new(StageConfig { postgres_admin_url: pg.admin_url(), ..StageConfig::shared_services().await }).await;
-    // A small pool for the API, so that a few slow statements exhaust it.
-    stage.start_api(None, &[("GEONEX_DATABASE__MAX_CONNECTIONS", "4")]).await;
+    // A small pool for the API, so that a few slow statements exhaust it; every
+    // request reads its token from the database (no token cache), so a lock on
+    // the tokens holds them all.
+    stage.start_api(None, &[("GEONEX_DATABASE__MAX_CONNECTIONS", "4"), ("GEONEX_AUTH__TOKEN_CACHE_MS", "0")]).await;
     stage.start_worker(None).await;
     stage.start_worker(None).await;
     let load = Load::start(stage.client.clone(), Plan::default(), &unique("pg"));
