@@ -101,22 +101,33 @@ pub enum Priority {
 pub enum Spend {
     /// Make the call now.
     Now,
-    /// Come back after `after`; with `reserved_at` the tokens are paid for and
-    /// the call may be made from that time on without taking them again.
-    Later { after: Duration, reserved_at: Option<DateTime<Utc>> },
+    /// Come back after `after`; with `reserved` the tokens are paid for (the
+    /// expected time and the ticket) and the call may be made once the ticket
+    /// is due, without taking them again.
+    Later { after: Duration, reserved: Option<(DateTime<Utc>, f64)> },
 }
 
-/// A reservation a command holds: the call it paid for and from when.
+/// A reservation a command holds: the call it paid for, when it is expected
+/// to fall due, and its place in the bucket's queue (none for reservations
+/// recorded before places were kept: those go by the time alone).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Reservation {
     pub op: Op,
     pub at: DateTime<Utc>,
+    pub ticket: Option<f64>,
 }
 
 /// The share of a bucket's refill rate the budget counts on.
 const REFILL_MARGIN: f64 = 0.95;
 /// The tokens of a bucket's burst the budget leaves to EC2.
 const BURST_MARGIN: f64 = 2.0;
+
+/// The window callers denied a token come back within: half the time the
+/// bucket takes to refill from empty, between 0.1 s and 5 s.
+fn denied_spread(size: BucketSize) -> Duration {
+    let refill = size.burst / size.per_sec.max(1e-6);
+    Duration::from_secs_f64((refill / 2.0).clamp(0.1, 5.0))
+}
 
 #[derive(Clone)]
 pub struct Budget {
@@ -169,18 +180,37 @@ impl Budget {
         if !self.settings.enabled {
             return Ok(Spend::Now);
         }
-        match self.store.take_tokens(&self.take(op, tokens, priority)).await.map_err(|e| e.to_string())? {
+        let take = self.take(op, tokens, priority);
+        match self.store.take_tokens(&take).await.map_err(|e| e.to_string())? {
             Taken::Granted => Ok(Spend::Now),
-            Taken::Reserved { ready_in } => {
+            Taken::Reserved { ready_in, ticket } => {
                 let at = Utc::now() + chrono::Duration::from_std(ready_in).unwrap_or_default();
-                Ok(Spend::Later { after: ready_in, reserved_at: Some(at) })
+                Ok(Spend::Later { after: ready_in, reserved: Some((at, ticket)) })
             }
-            // Spread out, so that the callers denied together do not all come
-            // back for the same next token.
+            // Spread out over up to half the time the bucket takes to refill,
+            // so that the callers denied together (a few hundred stops after
+            // a burst) do not all come back for the same next token, and
+            // looking again costs a few calls a second, not hundreds.
             Taken::Denied { retry_in } => {
-                let after = retry_in.max(Duration::from_millis(50)).mul_f64(1.0 + rand::random::<f64>());
-                Ok(Spend::Later { after, reserved_at: None })
+                let spread = denied_spread(take.size);
+                let after = retry_in.max(Duration::from_millis(50)) + spread.mul_f64(rand::random::<f64>());
+                Ok(Spend::Later { after, reserved: None })
             }
+        }
+    }
+
+    /// How long until a reservation falls due (`None`: now). Its place in the
+    /// queue is compared with what the refill has brought, so a reservation
+    /// booked before a throttle shrank the refill waits for the slower refill
+    /// rather than reaching EC2 at the pace it was booked at.
+    pub async fn due(&self, r: &Reservation, priority: Priority) -> Result<Option<Duration>, String> {
+        match r.ticket {
+            Some(ticket) if self.settings.enabled => self
+                .store
+                .ticket_due(&self.take(r.op, 0.0, priority), ticket)
+                .await
+                .map_err(|e| e.to_string()),
+            _ => Ok(Some((r.at - Utc::now()).to_std().unwrap_or_default()).filter(|d| !d.is_zero())),
         }
     }
 

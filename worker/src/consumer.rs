@@ -18,7 +18,7 @@ use geonex_shared::domain::WorkQueue;
 use geonex_shared::message::CommandMessage;
 use geonex_shared::metrics;
 use geonex_shared::queue::{Delivery, Queue};
-use geonex_shared::store::{Claim, CommandRecord, Lease, LeaseTerms, RunnerRecord, Store, StoreError};
+use geonex_shared::store::{Claim, CommandRecord, Hold, Lease, LeaseTerms, RunnerRecord, Store, StoreError};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -306,7 +306,7 @@ impl Inner {
                     _ => None,
                 };
                 tracing::info!(waiting_for = %wait.waiting_for, retry_in_ms = wait.after.as_millis() as u64, "command waiting");
-                let reservation = wait.reservation.map(|r| (r.op.as_str(), r.at));
+                let reservation = wait.reservation.map(|r| Hold { op: r.op.as_str(), at: r.at, ticket: r.ticket });
                 let record = || self.store.wait_command(&lease, &wait.waiting_for, next, progress, reservation);
                 if persist(record).await.is_err() {
                     return Settle::Requeue;

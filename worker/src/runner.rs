@@ -191,20 +191,25 @@ impl RunnerHandler {
         if let (Some(r), Some((first, _))) = (held, bills.first())
             && r.op == *first
         {
-            // Paid for while it waited: only its time must have come.
-            let early = (r.at - Utc::now()).to_std().unwrap_or_default();
-            if early.is_zero() {
+            // Paid for while it waited: only its turn must have come.
+            let Some(early) = self.budget.due(&r, priority_of(cmd)).await.map_err(HandlerError::retryable)? else {
                 return Ok(());
-            }
+            };
             let waiting_for = format!("the EC2 request budget ({})", r.op.as_str());
-            return Err(Halt::Wait(Wait { waiting_for, after: early, runner: None, reservation: Some(r) }));
+            let at = Utc::now() + chrono::Duration::from_std(early).unwrap_or_default();
+            let reservation = Some(Reservation { at, ..r });
+            return Err(Halt::Wait(Wait { waiting_for, after: early, runner: None, reservation }));
         }
         let priority = priority_of(cmd);
         let mut latest: Option<(Duration, Option<Reservation>)> = None;
         for (i, (op, tokens)) in bills.iter().enumerate() {
             let spent = self.budget.spend(*op, *tokens, priority).await.map_err(HandlerError::retryable)?;
-            if let Spend::Later { after, reserved_at } = spent {
-                let reservation = if i == 0 { reserved_at.map(|at| Reservation { op: *op, at }) } else { None };
+            if let Spend::Later { after, reserved } = spent {
+                let reservation = if i == 0 {
+                    reserved.map(|(at, ticket)| Reservation { op: *op, at, ticket: Some(ticket) })
+                } else {
+                    None
+                };
                 let keep = latest.and_then(|(_, r)| r).or(reservation);
                 let after = latest.map_or(after, |(a, _)| a.max(after));
                 latest = Some((after, keep));
@@ -461,7 +466,7 @@ fn priority_of(cmd: &CommandRecord) -> Priority {
 
 /// The EC2 call the command paid for while it waited, if any.
 fn reservation_of(cmd: &CommandRecord) -> Option<Reservation> {
-    Some(Reservation { op: Op::parse(cmd.budget_op.as_deref()?)?, at: cmd.budget_at? })
+    Some(Reservation { op: Op::parse(cmd.budget_op.as_deref()?)?, at: cmd.budget_at?, ticket: cmd.budget_ticket })
 }
 
 #[async_trait]

@@ -51,6 +51,9 @@ pub struct CommandRecord {
     /// when it may be made.
     pub budget_op: Option<String>,
     pub budget_at: Option<DateTime<Utc>>,
+    /// The reservation's place in its bucket's queue: the call is due once
+    /// the bucket's refill has brought this many tokens in all.
+    pub budget_ticket: Option<f64>,
 }
 
 impl CommandRecord {
@@ -65,6 +68,15 @@ impl CommandRecord {
             trace_id: self.trace_id.clone(),
         }
     }
+}
+
+/// An EC2 call a waiting command has paid for in the request budget: which
+/// call, when it is expected to fall due, and its place in the bucket's queue.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hold<'a> {
+    pub op: &'a str,
+    pub at: DateTime<Utc>,
+    pub ticket: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -433,7 +445,7 @@ pub trait Store: Send + Sync + 'static {
         waiting_for: &str,
         next_attempt_at: DateTime<Utc>,
         runner: Option<(&str, &RunnerObservation)>,
-        reservation: Option<(&str, DateTime<Utc>)>,
+        reservation: Option<Hold<'_>>,
     ) -> Result<(), StoreError>;
     /// Sets a running command to `dead`, and for runner commands records the error
     /// (and, if given, the observed state) on the runner.

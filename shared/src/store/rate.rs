@@ -30,8 +30,9 @@ pub struct Take {
 pub enum Taken {
     /// The call may be made now.
     Granted,
-    /// Paid for: the call may be made once `ready_in` has passed.
-    Reserved { ready_in: Duration },
+    /// Paid for: the call may be made once the bucket's refill has brought
+    /// `ticket` tokens in all, which at today's rate is in `ready_in`.
+    Reserved { ready_in: Duration, ticket: f64 },
     /// Not enough tokens; none were taken. Enough will be there in `retry_in`.
     Denied { retry_in: Duration },
 }
@@ -49,8 +50,14 @@ pub trait RateStore: Send + Sync + 'static {
     /// Takes tokens in one atomic step, after refilling the bucket for the
     /// time since it last changed.
     async fn take_tokens(&self, take: &Take) -> Result<Taken, StoreError>;
+    /// How long until a reservation's `ticket` falls due, at the bucket's rate
+    /// now (`None`: it is due). A throttle since the reservation was made
+    /// moves it back.
+    async fn ticket_due(&self, take: &Take, ticket: f64) -> Result<Option<Duration>, StoreError>;
     /// EC2 throttled a call although the budget allowed it (other clients share
-    /// the account): the bucket's refill halves (at least a tenth remains).
+    /// the account): EC2's bucket is empty, so this one is too (what it held
+    /// is dropped, reservations move back), and its refill halves (at least a
+    /// tenth remains).
     async fn throttled(&self, take: &Take) -> Result<(), StoreError>;
     async fn bucket_level(&self, take: &Take) -> Result<Option<BucketLevel>, StoreError>;
 }

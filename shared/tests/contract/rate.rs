@@ -37,24 +37,71 @@ async fn reservations_queue_callers_one_refill_apart<S: RateStore>(store: S) {
     let t = Take { reserve: true, ..take(&format!("acct/r/start-{}", Uuid::new_v4()), 2.0, 4.0) };
     assert_eq!(store.take_tokens(&t).await.unwrap(), Taken::Granted);
     assert_eq!(store.take_tokens(&t).await.unwrap(), Taken::Granted);
-    // When each reservation falls due, on the caller's clock: the time the
-    // statements themselves take (a busy machine) does not move them.
+    // When each reservation falls due, on the caller's clock. The database
+    // reads its clock somewhere between the call and the reply, so each due
+    // time is known to lie in [asked + ready_in, replied + ready_in]: a busy
+    // machine widens the window, it does not move the reservations.
     let start = std::time::Instant::now();
     let mut due = Vec::new();
     for _ in 0..3 {
         let asked = start.elapsed().as_secs_f64();
         match store.take_tokens(&t).await.unwrap() {
-            Taken::Reserved { ready_in } => due.push(asked + ready_in.as_secs_f64()),
+            Taken::Reserved { ready_in, .. } => {
+                let replied = start.elapsed().as_secs_f64();
+                due.push((asked + ready_in.as_secs_f64(), replied + ready_in.as_secs_f64()));
+            }
             other => panic!("expected a reservation, got {other:?}"),
         }
     }
     // 4 tokens a second: the reservations fall a quarter second apart, the
     // first a quarter second after the burst.
-    assert!(due[0] > 0.1 && due[0] < 0.4, "first reservation due at {} s ({due:?})", due[0]);
+    assert!(due[0].1 > 0.1 && due[0].0 < 0.4, "first reservation due at {:?} s ({due:?})", due[0]);
     for (i, pair) in due.windows(2).enumerate() {
-        let gap = pair[1] - pair[0];
-        assert!((gap - 0.25).abs() < 0.06, "reservations {i} and {}: {gap} s apart, expected 0.25 s ({due:?})", i + 1);
+        let (least, most) = (pair[1].0 - pair[0].1, pair[1].1 - pair[0].0);
+        assert!(
+            least - 0.06 < 0.25 && 0.25 < most + 0.06,
+            "reservations {i} and {}: {least}..{most} s apart, expected 0.25 s ({due:?})",
+            i + 1
+        );
     }
+}
+
+async fn a_throttle_moves_reservations_booked_before_it_back<S: RateStore>(store: S) {
+    let t = Take { reserve: true, ..take(&format!("acct/r/run-{}", Uuid::new_v4()), 2.0, 4.0) };
+    for _ in 0..2 {
+        assert_eq!(store.take_tokens(&t).await.unwrap(), Taken::Granted);
+    }
+    let mut tickets = Vec::new();
+    for _ in 0..4 {
+        match store.take_tokens(&t).await.unwrap() {
+            Taken::Reserved { ticket, .. } => tickets.push(ticket),
+            other => panic!("expected a reservation, got {other:?}"),
+        }
+    }
+    // Places in the queue, one token apart.
+    for pair in tickets.windows(2) {
+        assert!((pair[1] - pair[0] - 1.0).abs() < 1e-9, "{tickets:?}");
+    }
+    let last = *tickets.last().unwrap();
+    let before = store.ticket_due(&t, last).await.unwrap().expect("the last reservation is not due yet");
+    assert!(before < Duration::from_millis(1050), "four tokens at 4/s: {before:?}");
+    store.throttled(&t).await.unwrap();
+    let after = store.ticket_due(&t, last).await.unwrap().expect("still not due");
+    // The refill halved: what was a second away is now about two.
+    assert!(after > before + Duration::from_millis(700), "before the throttle {before:?}, after {after:?}");
+    // A ticket already served is due.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(store.ticket_due(&t, tickets[0]).await.unwrap(), None);
+}
+
+async fn a_throttle_empties_the_bucket<S: RateStore>(store: S) {
+    let t = take(&format!("acct/r/mutating-{}", Uuid::new_v4()), 10.0, 0.001);
+    assert_eq!(store.take_tokens(&t).await.unwrap(), Taken::Granted);
+    store.throttled(&t).await.unwrap();
+    // EC2's bucket was empty although this one held nine: so is this one now.
+    let level = store.bucket_level(&t).await.unwrap().unwrap();
+    assert!(level.tokens < 0.01, "{level:?}");
+    assert!(matches!(store.take_tokens(&t).await.unwrap(), Taken::Denied { .. }));
 }
 
 async fn a_keep_leaves_tokens_for_higher_priority_callers<S: RateStore>(store: S) {
@@ -109,6 +156,8 @@ async fn throttling_halves_the_refill_and_it_grows_back<S: RateStore>(store: S) 
 contract!(
     a_bucket_grants_its_burst_then_denies_with_the_time_to_the_next_token,
     reservations_queue_callers_one_refill_apart,
+    a_throttle_moves_reservations_booked_before_it_back,
+    a_throttle_empties_the_bucket,
     a_keep_leaves_tokens_for_higher_priority_callers,
     concurrent_takes_never_overdraw,
     throttling_halves_the_refill_and_it_grows_back,

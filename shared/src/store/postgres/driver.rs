@@ -170,6 +170,9 @@ impl Row for PgRow {
     fn float(&self, col: &str) -> Result<f64, StoreError> {
         get(self, col)
     }
+    fn opt_float(&self, col: &str) -> Result<Option<f64>, StoreError> {
+        get(self, col)
+    }
     fn bool(&self, col: &str) -> Result<bool, StoreError> {
         get(self, col)
     }

@@ -12,7 +12,7 @@ use crate::cost::PurchaseOption;
 use crate::domain::{CommandStatus, ObservedState};
 use crate::store::sql::rows::{self, command_columns, runner_columns};
 use crate::store::sql::{Conn, Driver, Row, Sql, SqlStore};
-use crate::store::commands::{Claim, CommandQuery, CommandRecord, Lease, LeaseTerms, NewRunnerCommand, ReplaySelector, Replayed, RunnerObservation, RunnerQuery, RunnerRecord, Store, SubmitError, Submitted, WorkerProcess, same_request};
+use crate::store::commands::{Claim, CommandQuery, CommandRecord, Hold, Lease, LeaseTerms, NewRunnerCommand, ReplaySelector, Replayed, RunnerObservation, RunnerQuery, RunnerRecord, Store, SubmitError, Submitted, WorkerProcess, same_request};
 use crate::store::plan::{RunnerChange, plan_runner_command};
 use crate::store::error::StoreError;
 
@@ -162,7 +162,7 @@ static SUCCEED: Sql = Sql::new(
 );
 static RETRY: Sql = Sql::new(
     "update command set status = 'retrying', last_error = $2, next_attempt_at = $3, lease_until = null, \
-     published_at = null, budget_op = null, budget_at = null \
+     published_at = null, budget_op = null, budget_at = null, budget_ticket = null \
      where command_id = $1 and status = 'running' and lease_holder = $4",
 );
 static KILL: Sql = Sql::new(
@@ -172,7 +172,7 @@ static KILL: Sql = Sql::new(
 );
 static WAIT: Sql = Sql::new(
     "update command set status = 'retrying', waiting_for = $2, next_attempt_at = $3, lease_until = null, \
-     published_at = null, budget_op = $5, budget_at = $6 \
+     published_at = null, budget_op = $5, budget_at = $6, budget_ticket = $7 \
      where command_id = $1 and status = 'running' and lease_holder = $4",
 );
 static KILL_RUNNER: Sql =
@@ -474,11 +474,11 @@ impl<D: Driver> Store for SqlStore<D> {
         waiting_for: &str,
         next_attempt_at: DateTime<Utc>,
         runner: Option<(&str, &RunnerObservation)>,
-        reservation: Option<(&str, DateTime<Utc>)>,
+        reservation: Option<Hold<'_>>,
     ) -> Result<(), StoreError> {
         let mut tx = self.driver.begin().await?;
-        let (op, at) = reservation.unzip();
-        let args = args![lease.command_id, waiting_for, next_attempt_at, lease.holder, op, at];
+        let (op, at, ticket) = (reservation.map(|h| h.op), reservation.map(|h| h.at), reservation.and_then(|h| h.ticket));
+        let args = args![lease.command_id, waiting_for, next_attempt_at, lease.holder, op, at, ticket];
         if tx.execute(&WAIT, args).await? == 0 {
             return Ok(());
         }

@@ -132,7 +132,7 @@ fn fragment_in(fragment: &str, dialect: Dialect) -> Option<String> {
 pub enum Arg {
     Text(Option<String>),
     Int(Option<i64>),
-    Float(f64),
+    Float(Option<f64>),
     Bool(Option<bool>),
     Uuid(Option<Uuid>),
     Time(Option<DateTime<Utc>>),
@@ -181,6 +181,7 @@ pub trait Row: Send + Sync {
     fn int(&self, col: &str) -> Result<i64, StoreError>;
     fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError>;
     fn float(&self, col: &str) -> Result<f64, StoreError>;
+    fn opt_float(&self, col: &str) -> Result<Option<f64>, StoreError>;
     fn bool(&self, col: &str) -> Result<bool, StoreError>;
     fn uuid(&self, col: &str) -> Result<Uuid, StoreError>;
     fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>, StoreError>;

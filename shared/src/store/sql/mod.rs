@@ -106,6 +106,12 @@ impl From<Option<i32>> for Arg {
 
 impl From<f64> for Arg {
     fn from(v: f64) -> Self {
+        Arg::Float(Some(v))
+    }
+}
+
+impl From<Option<f64>> for Arg {
+    fn from(v: Option<f64>) -> Self {
         Arg::Float(v)
     }
 }

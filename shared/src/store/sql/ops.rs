@@ -66,7 +66,7 @@ async fn runners_by_state<D: Driver>(driver: &D) -> Result<Vec<(ObservedState, i
 /// Publishing is marked done too: the relay has nothing left to send for it.
 static CANCEL: Sql = Sql::new(
     "update command set status = 'dead', last_error = $2, finished_at = {now}, next_attempt_at = null, \
-       waiting_for = null, budget_op = null, budget_at = null, published_at = coalesce(published_at, {now}) \
+       waiting_for = null, budget_op = null, budget_at = null, budget_ticket = null, published_at = coalesce(published_at, {now}) \
      where command_id = $1 and status in ('queued', 'retrying')",
 );
 

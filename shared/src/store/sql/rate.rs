@@ -24,18 +24,29 @@ macro_rules! level_now {
 }
 
 static ADD: Sql = Sql::new(
-    "insert into rate_bucket (name, tokens, factor, updated_at) values ($1, $2, 1.0, {now}) \
+    "insert into rate_bucket (name, tokens, factor, issued, updated_at) values ($1, $2, 1.0, 0, {now}) \
      on conflict (name) do nothing",
 );
 /// $4 tokens taken, $5 tokens to keep, $7 whether the take may overdraw.
+/// `issued` counts what was ever taken: `tokens + issued` is what the refill
+/// has brought in all, and the `issued` a take leaves is its place in the
+/// queue (its ticket).
 static TAKE: Sql = Sql::new(concat!(
     "update rate_bucket set tokens = ",
     level_now!(),
-    " - $4, factor = ",
+    " - $4, issued = issued + $4, factor = ",
     factor_now!(),
     ", updated_at = {now} where name = $1 and (",
     level_now!(),
-    " - $4 >= $5 or $7) returning tokens, factor"
+    " - $4 >= $5 or $7) returning tokens, factor, issued"
+));
+/// What the refill has brought in all, to compare a ticket with.
+static SERVED: Sql = Sql::new(concat!(
+    "select ",
+    level_now!(),
+    " + issued as served, ",
+    factor_now!(),
+    " as factor from rate_bucket where name = $1"
 ));
 static LEVEL: Sql = Sql::new(concat!(
     "select ",
@@ -45,9 +56,9 @@ static LEVEL: Sql = Sql::new(concat!(
     " as factor from rate_bucket where name = $1"
 ));
 static THROTTLED: Sql = Sql::new(concat!(
-    "update rate_bucket set tokens = ",
+    "update rate_bucket set tokens = {least}(0.0, ",
     level_now!(),
-    ", factor = {greatest}(0.1, ",
+    "), factor = {greatest}(0.1, ",
     factor_now!(),
     " * 0.5), updated_at = {now} where name = $1"
 ));
@@ -75,7 +86,7 @@ impl<D: Driver> RateStore for SqlStore<D> {
                 if left >= 0.0 {
                     return Ok(Taken::Granted);
                 }
-                return Ok(Taken::Reserved { ready_in: time_for(-left, t, factor) });
+                return Ok(Taken::Reserved { ready_in: time_for(-left, t, factor), ticket: row.float("issued")? });
             }
             if let Some(row) = conn.fetch_optional(&LEVEL, args_of(t)).await? {
                 let (level, factor) = (row.float("tokens")?, row.float("factor")?);
@@ -84,6 +95,15 @@ impl<D: Driver> RateStore for SqlStore<D> {
             conn.execute(&ADD, args![t.bucket.as_str(), t.size.burst]).await?;
         }
         Err(StoreError::NoRow)
+    }
+
+    async fn ticket_due(&self, t: &Take, ticket: f64) -> Result<Option<Duration>, StoreError> {
+        let row = self.driver.conn().await?.fetch_optional(&SERVED, args_of(t)).await?;
+        // A bucket that is gone (dropped by hand) owes nobody anything.
+        let Some(row) = row else { return Ok(None) };
+        let (served, factor) = (row.float("served")?, row.float("factor")?);
+        // A millionth of a token short is due: floating point, not a queue.
+        Ok((served + 1e-6 < ticket).then(|| time_for(ticket - served, t, factor)))
     }
 
     async fn throttled(&self, t: &Take) -> Result<(), StoreError> {

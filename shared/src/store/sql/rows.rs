@@ -12,7 +12,7 @@ macro_rules! command_columns {
     () => {
         "command_id, seq, action, runner_id, params, status, attempts, max_attempts, last_error, result, \
          requested_by, trace_id, created_at, updated_at, started_at, finished_at, next_attempt_at, \
-         lease_holder, claimed_at, lease_until, waiting_for, budget_op, budget_at"
+         lease_holder, claimed_at, lease_until, waiting_for, budget_op, budget_at, budget_ticket"
     };
 }
 
@@ -73,6 +73,7 @@ pub fn command(r: &impl Row) -> Result<CommandRecord, StoreError> {
         waiting_for,
         budget_op: r.opt_text("budget_op")?,
         budget_at: r.opt_time("budget_at")?,
+        budget_ticket: r.opt_float("budget_ticket")?,
     })
 }
 
