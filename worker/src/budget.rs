@@ -7,6 +7,9 @@
 //! that finds the bucket empty pays for the next token the refill brings and
 //! waits for its turn without holding a worker, so a burst of starts launches
 //! at the bucket's own rate, one refill apart, with nobody retrying in vain.
+//! A reservation is a place in the bucket's queue (a ticket), not a time: it
+//! is due once the refill has brought that many tokens in all, so a throttle
+//! that slows the refill moves every reservation booked before it back too.
 //! Other calls that find no token wait briefly and try again. Stops and deletes
 //! (they save money) may use the whole Describe bucket, starts leave a tenth of
 //! it, and background work (the observer, the sweep) its configured share.
