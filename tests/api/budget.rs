@@ -209,3 +209,52 @@ async fn three_workers_share_one_budget_and_one_killed_mid_burst_leaves_nothing_
         w.kill().await;
     }
 }
+
+#[tokio::test]
+async fn reservations_that_fall_due_together_still_reach_ec2_one_refill_apart() {
+    use geonex_shared::config::RateSettings;
+    use geonex_shared::store::rate::RateStore;
+    use geonex_worker::budget::{Budget, Op, Priority, Reservation, Spend};
+
+    let app = spawn_app_with(TestConfig::in_mode(Mode::Embedded)).await;
+    let store: std::sync::Arc<dyn RateStore> = match app.deployment.store().await {
+        crate::helpers::TestStore::Postgres(s) => std::sync::Arc::new(s),
+        crate::helpers::TestStore::Sqlite(s) => std::sync::Arc::new(s),
+    };
+    // Two tokens of burst (four less the margin), 3.8 a second.
+    let settings = RateSettings {
+        account: unique("pace"),
+        run_instances: BucketSize::new(4.0, 4.0),
+        scale: 1.0,
+        ..RateSettings::default()
+    };
+    let budget = Budget::new(store, settings, Some("r"));
+    for _ in 0..2 {
+        assert_eq!(budget.spend(Op::RunInstances, 1.0, Priority::Normal).await.unwrap(), Spend::Now);
+        assert_eq!(budget.pace(Op::RunInstances).await.unwrap(), None, "the burst is made at once");
+    }
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        match budget.spend(Op::RunInstances, 1.0, Priority::Normal).await.unwrap() {
+            Spend::Later { reserved: Some((at, ticket)), .. } => {
+                held.push(Reservation { op: Op::RunInstances, at, ticket: Some(ticket) })
+            }
+            other => panic!("expected a reservation, got {other:?}"),
+        }
+    }
+    // The process was busy for two seconds: every reservation is due at once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut made = 0;
+    let mut waits = Vec::new();
+    for r in &held {
+        assert_eq!(budget.due(r, Priority::Normal).await.unwrap(), None, "{r:?} is due");
+        match budget.pace(Op::RunInstances).await.unwrap() {
+            None => made += 1,
+            Some(after) => waits.push(after),
+        }
+    }
+    // A burst's worth goes now; the others wait about one refill each time
+    // they look.
+    assert_eq!(made, 2, "waits {waits:?}");
+    assert!(waits.iter().all(|w| *w > Duration::from_millis(150) && *w < Duration::from_millis(400)), "{waits:?}");
+}

@@ -10,6 +10,11 @@
 //! A reservation is a place in the bucket's queue (a ticket), not a time: it
 //! is due once the refill has brought that many tokens in all, so a throttle
 //! that slows the refill moves every reservation booked before it back too.
+//! Reservations pace the bookings; the calls themselves are paced too, by a
+//! bucket of the same size that each call of those buckets pays when it is
+//! made: reservations that fall due together (the process was busy, the
+//! broker's delayed messages came late) reach EC2 at most a burst at once and
+//! then one refill apart, as EC2's own bucket takes them.
 //! Other calls that find no token wait briefly and try again. Stops and deletes
 //! (they save money) may use the whole Describe bucket, starts leave a tenth of
 //! it, and background work (the observer, the sweep) its configured share.
@@ -202,6 +207,28 @@ impl Budget {
         }
     }
 
+    /// The bucket that paces the calls of a reserving `op` as they are made.
+    fn pace_take(&self, op: Op) -> Take {
+        let take = self.take(op, 1.0, Priority::High);
+        Take { bucket: format!("{}/calls", take.bucket), reserve: false, keep: 0.0, ..take }
+    }
+
+    /// Paces a call of a reserving `op` that is about to be made (its tokens
+    /// are paid): `None`, make it now; otherwise look again after the time
+    /// given, still holding what was paid. Other calls are not paced.
+    pub async fn pace(&self, op: Op) -> Result<Option<Duration>, String> {
+        if !self.settings.enabled || !op.reserves() {
+            return Ok(None);
+        }
+        match self.store.take_tokens(&self.pace_take(op)).await.map_err(|e| e.to_string())? {
+            Taken::Denied { retry_in } => {
+                let jitter = Duration::from_millis(rand::random_range(0..50));
+                Ok(Some(retry_in.max(Duration::from_millis(20)) + jitter))
+            }
+            Taken::Granted | Taken::Reserved { .. } => Ok(None),
+        }
+    }
+
     /// How long until a reservation falls due (`None`: now). Its place in the
     /// queue is compared with what the refill has brought, so a reservation
     /// booked before a throttle shrank the refill waits for the slower refill
@@ -233,8 +260,14 @@ impl Budget {
         if !self.settings.enabled {
             return;
         }
-        if let Err(e) = self.store.throttled(&self.take(op, 0.0, Priority::High)).await {
-            tracing::warn!(error = %e, "could not record the throttling in the EC2 budget");
+        let mut takes = vec![self.take(op, 0.0, Priority::High)];
+        if op.reserves() {
+            takes.push(self.pace_take(op));
+        }
+        for take in &takes {
+            if let Err(e) = self.store.throttled(take).await {
+                tracing::warn!(error = %e, "could not record the throttling in the EC2 budget");
+            }
         }
     }
 }

@@ -193,7 +193,7 @@ impl RunnerHandler {
         {
             // Paid for while it waited: only its turn must have come.
             let Some(early) = self.budget.due(&r, priority_of(cmd)).await.map_err(HandlerError::retryable)? else {
-                return Ok(());
+                return self.paced(r).await;
             };
             let waiting_for = format!("the EC2 request budget ({})", r.op.as_str());
             let at = Utc::now() + chrono::Duration::from_std(early).unwrap_or_default();
@@ -216,7 +216,11 @@ impl RunnerHandler {
             }
         }
         match latest {
-            None => Ok(()),
+            None => match bills.first() {
+                // Paid now; held by time alone should the pace make it wait.
+                Some((op, _)) => self.paced(Reservation { op: *op, at: Utc::now(), ticket: None }).await,
+                None => Ok(()),
+            },
             Some((after, reservation)) => {
                 let what = bills.first().map_or("EC2", |(op, _)| op.as_str());
                 Err(Halt::Wait(Wait {
@@ -227,6 +231,20 @@ impl RunnerHandler {
                 }))
             }
         }
+    }
+
+    /// Makes a paid-for call wait for its pace (see [`Budget::pace`]), still
+    /// holding `paid`.
+    async fn paced(&self, paid: Reservation) -> Flow<()> {
+        let Some(after) = self.budget.pace(paid.op).await.map_err(HandlerError::retryable)? else {
+            return Ok(());
+        };
+        Err(Halt::Wait(Wait {
+            waiting_for: format!("the EC2 request budget ({})", paid.op.as_str()),
+            after,
+            runner: None,
+            reservation: Some(Reservation { at: Utc::now() + chrono::Duration::from_std(after).unwrap_or_default(), ..paid }),
+        }))
     }
 
     /// The runner's live instances: the recorded one first, then any other carrying
