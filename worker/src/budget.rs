@@ -11,8 +11,8 @@
 //! is due once the refill has brought that many tokens in all, so a throttle
 //! that slows the refill moves every reservation booked before it back too.
 //! Reservations pace the bookings; the calls themselves are paced too, by a
-//! bucket of the same size that each call of those buckets pays when it is
-//! made: reservations that fall due together (the process was busy, the
+//! bucket of EC2's size (one token short) that each call of those buckets
+//! pays when it is made: reservations that fall due together (the process was busy, the
 //! broker's delayed messages came late) reach EC2 at most a burst at once and
 //! then one refill apart, as EC2's own bucket takes them.
 //! Other calls that find no token wait briefly and try again. Stops and deletes
@@ -207,10 +207,21 @@ impl Budget {
         }
     }
 
-    /// The bucket that paces the calls of a reserving `op` as they are made.
+    /// The bucket that paces the calls of a reserving `op` as they are made:
+    /// EC2's own size less one token of burst. The bookings already keep to
+    /// 95% of the refill; this one only stops bunches EC2's burst would not
+    /// take, and otherwise lets calls through without a second wait.
     fn pace_take(&self, op: Op) -> Take {
-        let take = self.take(op, 1.0, Priority::High);
-        Take { bucket: format!("{}/calls", take.bucket), reserve: false, keep: 0.0, ..take }
+        let (name, size) = op.bucket(&self.settings);
+        let size = self.settings.scaled(size);
+        let burst = if size.burst >= 2.0 { size.burst - 1.0 } else { size.burst };
+        Take {
+            bucket: format!("{}/{name}/calls", self.scope),
+            size: BucketSize::new(burst, size.per_sec),
+            reserve: false,
+            keep: 0.0,
+            ..self.take(op, 1.0, Priority::High)
+        }
     }
 
     /// Paces a call of a reserving `op` that is about to be made (its tokens
