@@ -196,7 +196,7 @@ async fn three_workers_share_one_budget_and_one_killed_mid_burst_leaves_nothing_
     // Three processes, one budget: never faster than one RunInstances bucket.
     // The finish times are moto's answers, which a loaded machine delays and
     // bunches, so the check is the whole burst's span: one bucket (three of
-    // its five tokens at once, then 1.9 a second) needs 9.5 s for 21 launches,
+    // its five tokens at once, then 1.96 a second) needs 9.2 s for 21 launches,
     // three buckets of their own would need 2 s.
     finished.sort();
     let span = (finished[finished.len() - 1] - finished[0]).num_milliseconds() as f64 / 1000.0;
@@ -221,7 +221,7 @@ async fn reservations_that_fall_due_together_still_reach_ec2_one_refill_apart() 
         crate::helpers::TestStore::Postgres(s) => std::sync::Arc::new(s),
         crate::helpers::TestStore::Sqlite(s) => std::sync::Arc::new(s),
     };
-    // Bookings: two tokens of burst (four less the margin), 3.8 a second;
+    // Bookings: two tokens of burst (four less the margin), 3.92 a second;
     // calls: three of burst (one less), 4 a second.
     let settings = RateSettings {
         account: unique("pace"),

@@ -127,6 +127,12 @@ pub struct Reservation {
 
 /// The share of a bucket's refill rate the budget counts on.
 const REFILL_MARGIN: f64 = 0.95;
+/// The same for the buckets whose calls are also paced as they are made: the
+/// pace keeps them within EC2's own bucket, so the bookings need less margin,
+/// and what they leave is what catches up after a lull (a killed worker's
+/// commands coming back): the pace drains a backlog only as fast as the
+/// bookings leave room.
+const PACED_REFILL_MARGIN: f64 = 0.98;
 /// The tokens of a bucket's burst the budget leaves to EC2.
 const BURST_MARGIN: f64 = 2.0;
 
@@ -167,7 +173,8 @@ impl Budget {
         // reach EC2 close together (one token of margin let the launch
         // benchmark's 200 starts be throttled once, which halved the refill).
         let burst = if size.burst > BURST_MARGIN + 1.0 { size.burst - BURST_MARGIN } else { size.burst };
-        let size = BucketSize::new(burst, size.per_sec * REFILL_MARGIN);
+        let margin = if op.reserves() { PACED_REFILL_MARGIN } else { REFILL_MARGIN };
+        let size = BucketSize::new(burst, size.per_sec * margin);
         let keep = match (op, priority) {
             (Op::DescribeInstances, Priority::Normal) => size.burst * 0.1,
             (_, Priority::Background) => size.burst * (1.0 - self.settings.background_share.clamp(0.0, 1.0)),
@@ -209,7 +216,7 @@ impl Budget {
 
     /// The bucket that paces the calls of a reserving `op` as they are made:
     /// EC2's own size less one token of burst. The bookings already keep to
-    /// 95% of the refill; this one only stops bunches EC2's burst would not
+    /// 98% of the refill; this one only stops bunches EC2's burst would not
     /// take, and otherwise lets calls through without a second wait.
     fn pace_take(&self, op: Op) -> Take {
         let (name, size) = op.bucket(&self.settings);
