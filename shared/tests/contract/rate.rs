@@ -67,7 +67,9 @@ async fn reservations_queue_callers_one_refill_apart<S: RateStore>(store: S) {
 }
 
 async fn a_throttle_moves_reservations_booked_before_it_back<S: RateStore>(store: S) {
-    let t = Take { reserve: true, ..take(&format!("acct/r/run-{}", Uuid::new_v4()), 2.0, 4.0) };
+    // One token a second: slow enough that a loaded machine's pauses between
+    // the statements below move nothing by much.
+    let t = Take { reserve: true, ..take(&format!("acct/r/run-{}", Uuid::new_v4()), 2.0, 1.0) };
     for _ in 0..2 {
         assert_eq!(store.take_tokens(&t).await.unwrap(), Taken::Granted);
     }
@@ -84,14 +86,13 @@ async fn a_throttle_moves_reservations_booked_before_it_back<S: RateStore>(store
     }
     let last = *tickets.last().unwrap();
     let before = store.ticket_due(&t, last).await.unwrap().expect("the last reservation is not due yet");
-    assert!(before < Duration::from_millis(1050), "four tokens at 4/s: {before:?}");
+    assert!(before <= Duration::from_millis(4010), "four tokens at 1/s: {before:?}");
     store.throttled(&t).await.unwrap();
     let after = store.ticket_due(&t, last).await.unwrap().expect("still not due");
-    // The refill halved: what was a second away is now about two.
-    assert!(after > before + Duration::from_millis(700), "before the throttle {before:?}, after {after:?}");
-    // A ticket already served is due.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(store.ticket_due(&t, tickets[0]).await.unwrap(), None);
+    // The refill halved: what was four seconds away is now about eight.
+    assert!(after > before + Duration::from_secs(2), "before the throttle {before:?}, after {after:?}");
+    // A place the refill has already reached (the burst's) is due.
+    assert_eq!(store.ticket_due(&t, 2.0).await.unwrap(), None);
 }
 
 async fn a_throttle_empties_the_bucket<S: RateStore>(store: S) {
