@@ -12,9 +12,9 @@
 //! that slows the refill moves every reservation booked before it back too.
 //! Reservations pace the bookings; the calls themselves are paced too, by a
 //! bucket of EC2's size (one token short) that each call of those buckets
-//! pays when it is made: reservations that fall due together (the process was busy, the
-//! broker's delayed messages came late) reach EC2 at most a burst at once and
-//! then one refill apart, as EC2's own bucket takes them.
+//! pays when it is made: reservations that fall due together (the process was
+//! busy, the broker's delayed messages came late) reach EC2 at most a burst at
+//! once and then one refill apart, as EC2's own bucket takes them.
 //! Other calls that find no token wait briefly and try again. Stops and deletes
 //! (they save money) may use the whole Describe bucket, starts leave a tenth of
 //! it, and background work (the observer, the sweep) its configured share.
@@ -129,8 +129,8 @@ pub struct Reservation {
 const REFILL_MARGIN: f64 = 0.95;
 /// The same for the buckets whose calls are also paced as they are made: the
 /// pace keeps them within EC2's own bucket, so the bookings need less margin,
-/// and what they leave is what catches up after a lull (a killed worker's
-/// commands coming back): the pace drains a backlog only as fast as the
+/// and what they leave is what catches up after a lull (calls that waited
+/// behind slow answers): the pace drains a backlog only as fast as the
 /// bookings leave room.
 const PACED_REFILL_MARGIN: f64 = 0.98;
 /// The tokens of a bucket's burst the budget leaves to EC2.

@@ -195,10 +195,7 @@ impl RunnerHandler {
             let Some(early) = self.budget.due(&r, priority_of(cmd)).await.map_err(HandlerError::retryable)? else {
                 return self.paced(r).await;
             };
-            let waiting_for = format!("the EC2 request budget ({})", r.op.as_str());
-            let at = Utc::now() + chrono::Duration::from_std(early).unwrap_or_default();
-            let reservation = Some(Reservation { at, ..r });
-            return Err(Halt::Wait(Wait { waiting_for, after: early, runner: None, reservation }));
+            return Err(hold(r, early));
         }
         let priority = priority_of(cmd);
         let mut latest: Option<(Duration, Option<Reservation>)> = None;
@@ -236,15 +233,10 @@ impl RunnerHandler {
     /// Makes a paid-for call wait for its pace (see [`Budget::pace`]), still
     /// holding `paid`.
     async fn paced(&self, paid: Reservation) -> Flow<()> {
-        let Some(after) = self.budget.pace(paid.op).await.map_err(HandlerError::retryable)? else {
-            return Ok(());
-        };
-        Err(Halt::Wait(Wait {
-            waiting_for: format!("the EC2 request budget ({})", paid.op.as_str()),
-            after,
-            runner: None,
-            reservation: Some(Reservation { at: Utc::now() + chrono::Duration::from_std(after).unwrap_or_default(), ..paid }),
-        }))
+        match self.budget.pace(paid.op).await.map_err(HandlerError::retryable)? {
+            Some(after) => Err(hold(paid, after)),
+            None => Ok(()),
+        }
     }
 
     /// The runner's live instances: the recorded one first, then any other carrying
@@ -480,6 +472,16 @@ fn priority_of(cmd: &CommandRecord) -> Priority {
         Action::StopRunner | Action::DeleteRunner => Priority::High,
         _ => Priority::Normal,
     }
+}
+
+/// Waits `after` for the budget, still holding what `paid` paid for.
+fn hold(paid: Reservation, after: Duration) -> Halt {
+    Halt::Wait(Wait {
+        waiting_for: format!("the EC2 request budget ({})", paid.op.as_str()),
+        after,
+        runner: None,
+        reservation: Some(Reservation { at: Utc::now() + chrono::Duration::from_std(after).unwrap_or_default(), ..paid }),
+    })
 }
 
 /// The EC2 call the command paid for while it waited, if any.

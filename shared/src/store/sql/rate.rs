@@ -40,20 +40,14 @@ static TAKE: Sql = Sql::new(concat!(
     level_now!(),
     " - $4 >= $5 or $7) returning tokens, factor, issued"
 ));
-/// What the refill has brought in all, to compare a ticket with.
-static SERVED: Sql = Sql::new(concat!(
-    "select ",
-    level_now!(),
-    " + issued as served, ",
-    factor_now!(),
-    " as factor from rate_bucket where name = $1"
-));
+/// The bucket now; `tokens + issued` is what the refill has brought in all,
+/// to compare a ticket with.
 static LEVEL: Sql = Sql::new(concat!(
     "select ",
     level_now!(),
     " as tokens, ",
     factor_now!(),
-    " as factor from rate_bucket where name = $1"
+    " as factor, issued from rate_bucket where name = $1"
 ));
 static THROTTLED: Sql = Sql::new(concat!(
     "update rate_bucket set tokens = {least}(0.0, ",
@@ -98,10 +92,10 @@ impl<D: Driver> RateStore for SqlStore<D> {
     }
 
     async fn ticket_due(&self, t: &Take, ticket: f64) -> Result<Option<Duration>, StoreError> {
-        let row = self.driver.conn().await?.fetch_optional(&SERVED, args_of(t)).await?;
+        let row = self.driver.conn().await?.fetch_optional(&LEVEL, args_of(t)).await?;
         // A bucket that is gone (dropped by hand) owes nobody anything.
         let Some(row) = row else { return Ok(None) };
-        let (served, factor) = (row.float("served")?, row.float("factor")?);
+        let (served, factor) = (row.float("tokens")? + row.float("issued")?, row.float("factor")?);
         // A millionth of a token short is due: floating point, not a queue.
         Ok((served + 1e-6 < ticket).then(|| time_for(ticket - served, t, factor)))
     }
