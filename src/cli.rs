@@ -30,6 +30,12 @@ pub enum Command {
     Agent,
     /// Apply database migrations and exit.
     Migrate,
+    /// Serve the simulated cloud over EC2's own API on `GEONEX_LISTEN`, so
+    /// that several processes share one simulated cloud through their EC2
+    /// settings (`GEONEX_CLOUD=aws`, `GEONEX_EC2__ENDPOINT_URL`). Its state
+    /// and its instances' agents are those of `GEONEX_DATA_DIR` and
+    /// `GEONEX_SIM__*`.
+    SimCloud,
     /// Manage user accounts.
     User {
         #[command(subcommand)]
@@ -139,6 +145,15 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                 stop.cancel();
             });
             geonex_worker::agent::run(settings.agent, token).await
+        }
+        Command::SimCloud => {
+            let token = tokio_util::sync::CancellationToken::new();
+            let stop = token.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                stop.cancel();
+            });
+            crate::startup::serve_sim_cloud(&settings, token).await
         }
         Command::Migrate => {
             let (_, label) = open_database(&settings).await?;

@@ -156,14 +156,42 @@ fn aws_configured(settings: &Settings) -> bool {
         || AWS_VARS.iter().any(|v| std::env::var_os(v).is_some())
 }
 
+/// The simulated cloud of `settings.data_dir`.
+fn open_sim_cloud(settings: &Settings) -> anyhow::Result<Arc<SimCloud>> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
+    let file = settings.data_dir.join("sim-cloud.json");
+    tracing::warn!(state = %file.display(), "using the SIMULATED cloud: no real instances will be launched");
+    Ok(Arc::new(SimCloud::open(Some(file), settings.sim.clone()).map_err(anyhow::Error::msg)?))
+}
+
+/// The agents of a simulated cloud's running instances, as cloud-init would
+/// start them.
+fn sim_agents(settings: &Settings, sim: Arc<SimCloud>) -> SimAgents {
+    // Simulated containers write where usage scans look: the folders.
+    let outputs = (!usage_reads_s3(settings)).then(|| settings.data_dir.join("s3"));
+    SimAgents::new(sim, settings.agent.clone(), settings.sim.clone(), settings.data_dir.join("sim-agents"), outputs)
+}
+
+/// `geonex sim-cloud`: the simulated cloud over EC2's API, with its agents,
+/// until `shutdown`.
+pub async fn serve_sim_cloud(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let sim = open_sim_cloud(settings)?;
+    let listener = TcpListener::bind(&settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let agents = settings.sim.agents.then(|| tokio::spawn(sim_agents(settings, sim.clone()).run(shutdown.clone())));
+    let router = geonex_worker::cloud::sim_ec2api::router(sim)
+        .route("/readyz", axum::routing::get(|| async { "ready" }));
+    tracing::info!(url = %format!("http://{addr}"), agents = settings.sim.agents, "simulated cloud serving EC2's API");
+    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    if let Some(agents) = agents {
+        let _ = agents.await;
+    }
+    Ok(())
+}
+
 pub async fn build_cloud(settings: &Settings) -> anyhow::Result<Arc<dyn Cloud>> {
-    let sim = || -> anyhow::Result<Arc<dyn Cloud>> {
-        std::fs::create_dir_all(&settings.data_dir)
-            .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
-        let file = settings.data_dir.join("sim-cloud.json");
-        tracing::warn!(state = %file.display(), "using the SIMULATED cloud: no real instances will be launched");
-        Ok(Arc::new(SimCloud::open(Some(file), settings.sim.clone()).map_err(anyhow::Error::msg)?))
-    };
+    let sim = || -> anyhow::Result<Arc<dyn Cloud>> { Ok(open_sim_cloud(settings)?) };
     match settings.cloud {
         Some(CloudChoice::Aws) => Ok(Arc::new(Ec2Cloud::new(settings.ec2.clone()).await)),
         Some(CloudChoice::Sim) => sim(),
@@ -346,15 +374,7 @@ impl Application {
                 if agent_api_url.is_none() {
                     tracing::warn!("the agents of simulated instances cannot report: set GEONEX_API__PUBLIC_URL");
                 }
-                // Simulated containers write where usage scans look: the folders.
-                let outputs = (!usage_reads_s3(&settings)).then(|| settings.data_dir.join("s3"));
-                let agents = SimAgents::new(
-                    sim,
-                    settings.agent.clone(),
-                    settings.sim.clone(),
-                    settings.data_dir.join("sim-agents"),
-                    outputs,
-                );
+                let agents = sim_agents(&settings, sim);
                 summary.push_str(&format!("; {}", agents.label()));
                 tasks.push(Box::pin(agents.run(shutdown.clone())));
             }

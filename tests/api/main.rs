@@ -27,6 +27,7 @@ mod proxy;
 mod reconcile;
 mod recovery;
 mod runners;
+mod sim_ec2api;
 mod smtp;
 mod usage;
 mod validation;

@@ -52,9 +52,18 @@ impl Ec2Cloud {
         let attempt = settings.attempt_timeout();
         let timeouts = aws_sdk_ec2::config::timeout::TimeoutConfig::builder()
             .operation_attempt_timeout(attempt)
-            .operation_timeout(attempt * 3)
+            .operation_timeout(attempt)
             .build();
-        let client = Client::from_conf(aws_sdk_ec2::config::Builder::from(config).timeout_config(timeouts).build());
+        // One request per call: the cluster's EC2 budget paid for one, and its
+        // retries (jittered, throttle-aware, without holding a consumer) decide
+        // when to try again. The SDK's own attempts would spend tokens of EC2's
+        // buckets that the budget never saw, the retry storm it exists to stop.
+        let client = Client::from_conf(
+            aws_sdk_ec2::config::Builder::from(config)
+                .timeout_config(timeouts)
+                .retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled())
+                .build(),
+        );
         Self { client, settings, endpoint }
     }
 

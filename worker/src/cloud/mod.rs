@@ -9,6 +9,7 @@
 pub mod ec2;
 pub mod sim;
 pub mod sim_agents;
+pub mod sim_ec2api;
 
 use std::collections::HashMap;
 use std::sync::Arc;

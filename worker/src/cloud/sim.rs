@@ -127,6 +127,21 @@ pub struct SimCalls {
     pub terminate: AtomicU64,
 }
 
+impl SimCalls {
+    /// The counts as a JSON object, for whoever reads them over HTTP.
+    pub fn to_json(&self) -> serde_json::Value {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "throttled": n(&self.throttled),
+            "describe": n(&self.describe),
+            "run": n(&self.run),
+            "start": n(&self.start),
+            "stop": n(&self.stop),
+            "terminate": n(&self.terminate),
+        })
+    }
+}
+
 /// Which of EC2's request buckets meters a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum SimCall {
@@ -135,6 +150,8 @@ enum SimCall {
     Terminate,
     Mutating,
     Describe,
+    /// A DescribeInstances with neither filters, ids nor pagination.
+    DescribeUnfiltered,
 }
 
 impl SimCall {
@@ -145,6 +162,7 @@ impl SimCall {
             SimCall::Terminate => (100.0, 5.0),
             SimCall::Mutating => (50.0, 5.0),
             SimCall::Describe => (100.0, 20.0),
+            SimCall::DescribeUnfiltered => (50.0, 10.0),
         }
     }
 }
@@ -385,10 +403,111 @@ impl SimCloud {
         }).collect()
     }
 
+    /// DescribeInstances as EC2 answers it: unknown ids fail the whole call
+    /// naming them, and a call with neither filters, ids nor pagination draws
+    /// from the smaller bucket.
+    pub async fn describe_query(&self, q: &DescribeQuery) -> Result<Vec<InstanceInfo>, CloudError> {
+        let unfiltered = q.instance_ids.is_empty() && q.filters.is_empty() && !q.paginated;
+        let call = if unfiltered { SimCall::DescribeUnfiltered } else { SimCall::Describe };
+        self.weather(call, "DescribeInstances").await?;
+        self.calls.describe.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let unknown: Vec<&str> =
+            q.instance_ids.iter().filter(|id| !state.instances.contains_key(*id)).map(String::as_str).collect();
+        if !unknown.is_empty() {
+            let message = format!("The instance IDs '{}' do not exist", unknown.join(", "));
+            return Err(error(ErrorClass::Permanent, "InvalidInstanceID.NotFound", &message));
+        }
+        let now = Utc::now();
+        let mut out = Vec::new();
+        for i in state.instances.values_mut() {
+            if !q.instance_ids.is_empty() && !q.instance_ids.contains(&i.instance_id) {
+                continue;
+            }
+            i.settle(now, &self.settings);
+            if q.matches(i)? {
+                out.push(i.info());
+            }
+        }
+        Ok(out)
+    }
+
+    /// RunInstances with these tags on the instance (a [`Cloud::launch`]
+    /// tags it as this deployment's runner).
+    pub async fn run_instance(&self, spec: &LaunchSpec, tags: HashMap<String, String>) -> Result<InstanceInfo, CloudError> {
+        self.weather(SimCall::Run, "RunInstances").await?;
+        let s = &self.settings;
+        if s.short_instance_types.iter().any(|t| t == &spec.instance_type) {
+            let message = format!("no {} capacity in the simulated zone", spec.instance_type);
+            return Err(error(ErrorClass::Retryable, "InsufficientInstanceCapacity", &message));
+        }
+        if spec.spot && rand::rng().random_bool(s.spot_capacity_error_rate.clamp(0.0, 1.0)) {
+            return Err(error(ErrorClass::Retryable, "InsufficientInstanceCapacity", "no spot capacity in the simulated zone"));
+        }
+        self.calls.run.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Utc::now();
+        if let Some(id) = state.tokens.get(&spec.client_token).cloned()
+            && let Some(inst) = state.instances.get_mut(&id)
+        {
+            // Same token, same instance: EC2's idempotent RunInstances.
+            inst.settle(now, &self.settings);
+            return Ok(inst.info());
+        }
+        let inst = SimInstance {
+            instance_id: new_instance_id(),
+            instance_type: spec.instance_type.clone(),
+            phase: Phase::Pending,
+            since: now,
+            tags,
+            user_data: spec.user_data.clone(),
+            launched_at: Some(now),
+            spot: spec.spot,
+        };
+        let info = inst.info();
+        let id = inst.instance_id.clone();
+        state.apply(Change { instance: inst, token: Some(spec.client_token.clone()) });
+        self.save(&mut state, &id, Some(&spec.client_token))?;
+        self.changed.notify_waiters();
+        Ok(info)
+    }
+
     /// The user data an instance was launched with (or last given).
     pub fn user_data(&self, instance_id: &str) -> Option<String> {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.instances.get(instance_id).map(|i| i.user_data.clone())
+    }
+}
+
+/// One DescribeInstances as EC2's API takes it: instance ids, filters
+/// (`tag:KEY`, `instance-state-name`, `instance-id`; each matches any of its
+/// values, and an instance must match them all), and whether it is paginated.
+#[derive(Debug, Default, Clone)]
+pub struct DescribeQuery {
+    pub instance_ids: Vec<String>,
+    pub filters: Vec<(String, Vec<String>)>,
+    pub paginated: bool,
+}
+
+impl DescribeQuery {
+    fn matches(&self, i: &SimInstance) -> Result<bool, CloudError> {
+        for (name, values) in &self.filters {
+            let value = match name.as_str() {
+                "instance-state-name" => Some(i.phase.as_str()),
+                "instance-id" => Some(i.instance_id.as_str()),
+                n => match n.strip_prefix("tag:") {
+                    Some(key) => i.tags.get(key).map(String::as_str),
+                    None => {
+                        let message = format!("The filter '{n}' is invalid");
+                        return Err(error(ErrorClass::Permanent, "InvalidParameterValue", &message));
+                    }
+                },
+            };
+            if !value.is_some_and(|v| values.iter().any(|w| w == v)) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -454,47 +573,13 @@ impl Cloud for SimCloud {
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<InstanceInfo, CloudError> {
-        self.weather(SimCall::Run, "RunInstances").await?;
-        let s = &self.settings;
-        if s.short_instance_types.iter().any(|t| t == &spec.instance_type) {
-            let message = format!("no {} capacity in the simulated zone", spec.instance_type);
-            return Err(error(ErrorClass::Retryable, "InsufficientInstanceCapacity", &message));
-        }
-        if spec.spot && rand::rng().random_bool(s.spot_capacity_error_rate.clamp(0.0, 1.0)) {
-            return Err(error(ErrorClass::Retryable, "InsufficientInstanceCapacity", "no spot capacity in the simulated zone"));
-        }
-        self.calls.run.fetch_add(1, Ordering::Relaxed);
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Utc::now();
-        if let Some(id) = state.tokens.get(&spec.client_token).cloned()
-            && let Some(inst) = state.instances.get_mut(&id)
-        {
-            // Same token, same instance: EC2's idempotent RunInstances.
-            inst.settle(now, &self.settings);
-            return Ok(inst.info());
-        }
         let tags = HashMap::from([
             (TAG_RUNNER_ID.to_owned(), spec.runner_id.clone()),
             (TAG_RUNNER_NAME.to_owned(), spec.runner_name.clone()),
             (TAG_COMMAND_ID.to_owned(), spec.command_id.clone()),
             ("Name".to_owned(), format!("geonex-runner {}", spec.runner_name)),
         ]);
-        let inst = SimInstance {
-            instance_id: new_instance_id(),
-            instance_type: spec.instance_type.clone(),
-            phase: Phase::Pending,
-            since: now,
-            tags,
-            user_data: spec.user_data.clone(),
-            launched_at: Some(now),
-            spot: spec.spot,
-        };
-        let info = inst.info();
-        let id = inst.instance_id.clone();
-        state.apply(Change { instance: inst, token: Some(spec.client_token.clone()) });
-        self.save(&mut state, &id, Some(&spec.client_token))?;
-        self.changed.notify_waiters();
-        Ok(info)
+        self.run_instance(spec, tags).await
     }
 
     async fn start(&self, instance_id: &str) -> Result<(), CloudError> {
