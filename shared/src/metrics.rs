@@ -24,6 +24,8 @@ pub const COMMANDS_WAITING: &str = "geonex_commands_waiting_total";
 pub const COMMANDS_DEAD: &str = "geonex_commands_dead_total";
 pub const COMMAND_DURATION: &str = "geonex_command_duration_seconds";
 pub const EC2_REQUESTS: &str = "geonex_ec2_requests_total";
+pub const OBSERVER_PASSES: &str = "geonex_observer_passes_total";
+pub const OBSERVER_TRANSITIONS: &str = "geonex_observer_transitions_total";
 pub const EMAILS_SENT: &str = "geonex_emails_sent_total";
 pub const EMAILS_FAILED: &str = "geonex_emails_failed_total";
 pub const S3_SCAN_DURATION: &str = "geonex_s3_scan_duration_seconds";
@@ -80,6 +82,8 @@ fn describe() {
     describe_counter!(COMMANDS_DEAD, "Commands that became dead (permanent error or attempts exhausted)");
     describe_histogram!(COMMAND_DURATION, Unit::Seconds, "Time a command attempt ran in its handler");
     describe_counter!(EC2_REQUESTS, "EC2 API requests, by operation and error code (ok when it succeeded)");
+    describe_counter!(OBSERVER_PASSES, "Passes of the instance observer that described instances");
+    describe_counter!(OBSERVER_TRANSITIONS, "Instance state changes the instance observer saw (pending to running, ...)");
     describe_counter!(EMAILS_SENT, "E-mails the SMTP server (or the file mailer) accepted");
     describe_counter!(EMAILS_FAILED, "E-mail sends that failed, by class (retryable or permanent)");
     describe_histogram!(S3_SCAN_DURATION, Unit::Seconds, "Time to list one S3 output in a usage scan, by result");

@@ -59,6 +59,7 @@ impl Reconciler {
         // Every worker runs this loop; one sweep per interval runs in the cluster.
         let every = interval.mul_f32(0.9);
         let mut check = interval.min(Duration::from_secs(5));
+        let mut deferred_since: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(check) => {}
@@ -72,6 +73,20 @@ impl Reconciler {
                     tracing::warn!(error = %e, "reconciliation: cannot reach the store");
                     continue;
                 }
+            }
+            // While instances are on their way the observer looks at exactly
+            // those, batched: a listing of the whole fleet then would only add a
+            // Describe call in the busiest minute. The sweep waits for them, for
+            // one interval at most.
+            let in_transit = self.fleet.transitional_runners().await.map(|r| !r.is_empty()).unwrap_or(false);
+            match deferred_since {
+                _ if !in_transit => deferred_since = None,
+                None => {
+                    deferred_since = Some(std::time::Instant::now());
+                    continue;
+                }
+                Some(since) if since.elapsed() < interval => continue,
+                Some(_) => deferred_since = None,
             }
             match self.sweep().await {
                 Ok(s) if s != Sweep::default() => {
