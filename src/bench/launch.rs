@@ -348,23 +348,15 @@ async fn rate_run(setup: &Setup<'_>, n: usize) -> anyhow::Result<Vec<Row>> {
 /// The environment of a process whose EC2 is `endpoint`, tagging fleet `fleet`,
 /// with the cluster's budget at EC2's own sizes.
 fn ec2_env(setup: &Setup<'_>, endpoint: &str, fleet: &str) -> Vec<(String, String)> {
-    let (key, secret) = credentials();
-    setup.env(&[
-        ("GEONEX_CLOUD", "aws".to_owned()),
-        ("GEONEX_EC2__ENDPOINT_URL", endpoint.to_owned()),
-        ("GEONEX_EC2__REGION", "us-east-1".to_owned()),
-        ("GEONEX_EC2__FLEET", fleet.to_owned()),
-        ("GEONEX_EC2__RATE__SCALE", "1".to_owned()),
-        ("AWS_ACCESS_KEY_ID", key),
-        ("AWS_SECRET_ACCESS_KEY", secret),
-    ])
+    let mut extra = serve::ec2_at(endpoint, fleet);
+    extra.push(("GEONEX_EC2__RATE__SCALE", "1".to_owned()));
+    setup.env(&extra)
 }
 
 /// The caller's AWS credentials, or placeholders (moto and the simulated cloud take any).
 fn credentials() -> (String, String) {
-    let key = std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "bench".into());
-    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|_| "bench".into());
-    (key, secret)
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| "bench".into());
+    (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY"))
 }
 
 /// `n` runners started through `endpoint` with the budget out of the way, for

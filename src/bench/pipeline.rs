@@ -2,7 +2,10 @@
 //! real services, beside the anchors measured in the same run.
 //!
 //! In a scratch database and a scratch vhost it starts `geonex serve` with the
-//! simulated cloud (EC2 is not what is measured) and drives it over HTTP:
+//! simulated cloud (EC2 is not what is measured; in production mode it is
+//! `geonex sim-cloud`, a process of its own reached over EC2's API through the
+//! SDK, so the serving process holds only the control plane) and drives it
+//! over HTTP:
 //! 1. N start-runner requests for distinct runners, timed from the first
 //!    request until every command has succeeded in the database;
 //! 2. a stop (half of them) or a delete (the other half) of each, timed the same way;
@@ -198,15 +201,23 @@ async fn measure(
         serve::environment(extra.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
     };
 
-    let env = pinned(vec![
+    // EC2 is the simulated cloud in a process of its own, over EC2's API: the
+    // serving process's memory is the control plane's, and its calls cost what
+    // the SDK costs.
+    let sim = Serve::start_as("sim-cloud", "simulated cloud over EC2's API", pinned(vec![("GEONEX_DATA_DIR", data("sim-cloud"))])).await?;
+    let mut env = pinned(vec![
         ("GEONEX_DATA_DIR", data("production")),
         ("GEONEX_DATABASE_URL", db.url.clone()),
         ("GEONEX_AMQP_URL", vhost.url.clone()),
     ]);
-    let mut rows = {
+    for (k, v) in serve::ec2_at(&sim.url, "geonex-bench") {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.to_owned(), v));
+    }
+    let rows = async {
         let admin = serve::token(&env, "bench-admin", "admin").await?;
         let operator = serve::token(&env, "bench", "operator").await?;
-        let mut sut = Serve::start("PostgreSQL, RabbitMQ, simulated cloud", env).await?;
+        let mut sut = Serve::start("PostgreSQL, RabbitMQ, simulated cloud over EC2's API", env).await?;
         let probe = Probe::postgres(&db.url).await?;
         let result = production(args, &mut sut, probe, &admin, &operator, raw, anchors).await;
         let result = match result {
@@ -214,8 +225,11 @@ async fn measure(
             r => r,
         };
         sut.stop().await;
-        result?
-    };
+        result
+    }
+    .await;
+    sim.stop().await;
+    let mut rows = rows?;
 
     if !args.skip_embedded {
         let data_dir = dir.0.join("embedded");

@@ -1,6 +1,7 @@
-//! `geonex bench pipeline` at a tiny size against the shared services: it
-//! finishes, prints every figure of its table, and leaves neither its scratch
-//! database nor its scratch vhost behind.
+//! `geonex bench pipeline` and `geonex bench launch` at a tiny size against
+//! the shared services: they finish and print every figure of their tables;
+//! the pipeline bench leaves neither its scratch database nor its scratch
+//! vhost behind, the launch bench no runner with two instances or none.
 
 use std::process::Stdio;
 
@@ -40,26 +41,33 @@ fn value(cell: &str) -> f64 {
     number.parse().unwrap_or_else(|_| panic!("not a figure: {cell:?}"))
 }
 
-#[tokio::test]
-async fn a_small_pipeline_bench_prints_every_figure_and_removes_its_database_and_vhost() {
+/// Runs `geonex bench ARGS…` on the shared services; its stdout and stderr
+/// once it has succeeded.
+async fn bench(args: &[&str]) -> (String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_geonex"))
-        .args(["bench", "pipeline", "--commands", "200", "--runners", "300", "--concurrency", "16"])
-        .args(["--rate", "200", "--rate-secs", "1", "--poll-secs", "1"])
+        .arg("bench")
+        .args(args)
         .args(["--database-url", &pg_admin_url(), "--amqp-url", &amqp_url()])
         .env("GEONEX_LOG__FILTER", "warn")
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output()
         .await
-        .expect("run geonex bench pipeline");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        .expect("run geonex bench");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     assert!(out.status.success(), "the bench failed ({}):\n{stderr}\n{stdout}", out.status);
+    (stdout, stderr)
+}
 
-    let rows: Vec<Vec<&str>> = stdout
-        .lines()
-        .filter(|l| l.starts_with('|'))
-        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
-        .collect();
+#[tokio::test]
+async fn a_small_pipeline_bench_prints_every_figure_and_removes_its_database_and_vhost() {
+    let (stdout, stderr) = bench(&[
+        "pipeline", "--commands", "200", "--runners", "300", "--concurrency", "16", "--rate", "200", "--rate-secs", "1",
+        "--poll-secs", "1",
+    ])
+    .await;
+
+    let rows = table(&stdout);
     assert_eq!(rows.first().map(|r| r.as_slice()), Some(&["figure", "this project", "baseline (same run)", "ratio"][..]), "{stdout}");
     assert_eq!(rows.len(), 2 + FIGURES.len(), "one row per figure:\n{stdout}");
     // The anchors sit beside the checkout here, so the baselines were measured.
@@ -93,4 +101,44 @@ async fn a_small_pipeline_bench_prints_every_figure_and_removes_its_database_and
     assert!(vhosts.status.success());
     let vhosts = String::from_utf8_lossy(&vhosts.stdout);
     assert!(!vhosts.lines().any(|l| l.trim() == vhost), "the scratch vhost {vhost} is still there:\n{vhosts}");
+}
+
+/// The rows of a printed table, cells trimmed.
+fn table(stdout: &str) -> Vec<Vec<&str>> {
+    stdout.lines().filter(|l| l.starts_with('|')).map(|l| l.trim_matches('|').split('|').map(str::trim).collect()).collect()
+}
+
+/// `geonex bench launch` at a tiny size: every step runs (the third through
+/// worker processes sharing `geonex sim-cloud`, one of them killed), every
+/// figure is printed, and no runner was left with two instances or none.
+#[tokio::test]
+async fn a_small_launch_bench_prints_every_figure_and_loses_and_doubles_nothing() {
+    let (stdout, stderr) = bench(&[
+        "launch", "--burst", "30", "--short-boot-secs", "1", "--long-boot-secs", "3", "--rate-burst", "12", "--workers",
+        "2", "--concurrency", "8",
+    ])
+    .await;
+    let rows = table(&stdout);
+    let row = |start: &str| {
+        rows.iter().find(|r| r[0].starts_with(start)).unwrap_or_else(|| panic!("no row {start:?}:\n{stdout}")).clone()
+    };
+    for figure in [
+        "start-runner commands completed/s, 30 in a burst, boot 1 s",
+        "start-runner commands completed/s, 30 in a burst, boot 3 s",
+        "all 30 running after, boot 3 s",
+        "DescribeInstances calls per transition observed",
+        "12 starts launched within EC2's rate limits",
+        "RequestLimitExceeded answers during those 12 starts",
+        "12 stops issued with the starts",
+        "12 starts through 2 workers sharing one budget and the simulated cloud over EC2's API",
+        "12 stops issued with them",
+    ] {
+        let r = row(figure);
+        assert_eq!(r.len(), 4, "{r:?}");
+        assert!(value(r[1]).is_finite(), "{r:?}");
+    }
+    assert!(value(row("start-runner commands completed/s, 30 in a burst, boot 3 s")[1]) > 0.0);
+    assert_eq!(value(row("runners with two instances")[1]), 0.0, "{stdout}");
+    assert_eq!(value(row("runners with no instance")[1]), 0.0, "{stdout}");
+    assert!(stderr.contains("fleet geonex-bench-"), "the fleet was counted in the simulated cloud:\n{stderr}");
 }
