@@ -387,10 +387,11 @@ pub struct ReconcileSettings {
     /// seconds; unset (or blank) leaves it to the sweep. The SQS endpoint and
     /// long-poll wait are `s3usage.endpoint_url` and `s3usage.sqs_wait_secs`.
     pub ec2_events_queue_url: Option<String>,
-    /// The instance observer's fastest pace: a pass this soon after one that saw
-    /// an instance change.
+    /// The instance observer's fastest pace: no pass sooner than this after
+    /// the last.
     pub observe_min_ms: u64,
-    /// Its slowest pace while instances are on their way and nothing changes.
+    /// Its slowest pace while instances are on their way: how late a runner
+    /// may show its instance's new state.
     pub observe_max_ms: u64,
     /// A runner pending, stopping or shutting down for longer than this is
     /// flagged `stuck`.

@@ -420,13 +420,33 @@ impl SimCloud {
         }
         let now = Utc::now();
         let mut out = Vec::new();
-        for i in state.instances.values_mut() {
-            if !q.instance_ids.is_empty() && !q.instance_ids.contains(&i.instance_id) {
-                continue;
-            }
-            i.settle(now, &self.settings);
+        let settings = &self.settings;
+        let mut look = |i: &mut SimInstance| -> Result<(), CloudError> {
+            i.settle(now, settings);
             if q.matches(i)? {
                 out.push(i.info());
+            }
+            Ok(())
+        };
+        // The instances that can match: those named, or a runner's (indexed),
+        // or else every one.
+        let runners = q.filters.iter().find(|(name, _)| name.strip_prefix("tag:") == Some(TAG_RUNNER_ID));
+        let candidates: Option<std::collections::BTreeSet<String>> = match (q.instance_ids.is_empty(), runners) {
+            (false, _) => Some(q.instance_ids.iter().cloned().collect()),
+            (true, Some((_, values))) => {
+                Some(values.iter().flat_map(|r| state.by_runner.get(r).cloned().unwrap_or_default()).collect())
+            }
+            (true, None) => None,
+        };
+        let state = &mut *state;
+        match candidates {
+            None => state.instances.values_mut().try_for_each(&mut look)?,
+            Some(ids) => {
+                for id in &ids {
+                    if let Some(i) = state.instances.get_mut(id) {
+                        look(i)?;
+                    }
+                }
             }
         }
         Ok(out)
