@@ -12,7 +12,7 @@ use geonex_worker::cloud::ec2::Ec2Cloud;
 use geonex_worker::cloud::sim::SimCloud;
 use geonex_worker::cloud::{Cloud, LaunchSpec, TAG_COMMAND_ID, TAG_FLEET, TAG_RUNNER_ID};
 
-use crate::helpers::ec2_sdk_config_for;
+use crate::helpers::{ec2_sdk_config_for, eventually};
 
 /// A simulated cloud served on a free port, and an EC2 adapter of fleet `fleet` pointed at it.
 async fn serve(settings: SimSettings, fleet: &str) -> (Arc<SimCloud>, Ec2Cloud) {
@@ -41,9 +41,15 @@ async fn state(cloud: &Ec2Cloud, id: &str) -> ObservedState {
     cloud.describe(id).await.unwrap().expect("the instance is known").state
 }
 
+/// Waits (a few seconds at most) until the instance shows `want`.
+async fn reaches(cloud: &Ec2Cloud, id: &str, want: ObservedState) {
+    eventually(&format!("{id} {}", want.as_str()), Duration::from_secs(5), || async { state(cloud, id).await == want }).await;
+}
+
 #[tokio::test]
 async fn the_ec2_adapter_drives_the_simulated_cloud_over_ec2s_api() {
-    let fast = SimSettings { boot_delay_ms: 100, stop_delay_ms: 100, agents: false, ..SimSettings::default() };
+    // Long enough a boot that the calls before the first stop cannot outlast it.
+    let fast = SimSettings { boot_delay_ms: 1_500, stop_delay_ms: 200, agents: false, ..SimSettings::default() };
     let (sim, cloud) = serve(fast, "fleet-a").await;
 
     // A launch carries its tags, user data and token; the same token launches once.
@@ -74,18 +80,16 @@ async fn the_ec2_adapter_drives_the_simulated_cloud_over_ec2s_api() {
     // Stop, new user data, start, terminate, with EC2's refusals in between.
     let e = cloud.stop(&a.instance_id).await.unwrap_err();
     assert!(e.is_incorrect_state(), "a pending instance cannot stop: {e:?}");
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(state(&cloud, &a.instance_id).await, ObservedState::Running);
+    reaches(&cloud, &a.instance_id, ObservedState::Running).await;
     cloud.stop(&a.instance_id).await.unwrap();
     assert_eq!(state(&cloud, &a.instance_id).await, ObservedState::Stopping);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    reaches(&cloud, &a.instance_id, ObservedState::Stopped).await;
     cloud.set_user_data(&a.instance_id, "#!/bin/sh\necho again\n").await.unwrap();
     assert_eq!(sim.user_data(&a.instance_id).as_deref(), Some("#!/bin/sh\necho again\n"));
     cloud.start(&a.instance_id).await.unwrap();
     assert_eq!(state(&cloud, &a.instance_id).await, ObservedState::Pending);
     cloud.terminate(&b.instance_id).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(state(&cloud, &b.instance_id).await, ObservedState::Terminated);
+    reaches(&cloud, &b.instance_id, ObservedState::Terminated).await;
     assert!(cloud.find_runner_instances("r2").await.unwrap().is_empty(), "a terminated instance is not live");
     let e = cloud.start(&b.instance_id).await.unwrap_err();
     assert!(e.is_incorrect_state() && !e.is_throttled(), "a terminated instance cannot start: {e:?}");
@@ -106,7 +110,11 @@ async fn ec2s_buckets_throttle_and_a_throttled_call_is_made_once() {
     assert_eq!(sim.calls().run.load(Ordering::Relaxed), 5);
     // Other buckets are their own: a listing still answers.
     assert_eq!(cloud.list_fleet_instances().await.unwrap().len(), 5);
-    // The bucket refills at 2 a second.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    cloud.launch(&spec("r5", "t5")).await.unwrap();
+    // The bucket refills (2 a second): a refused call takes no token, so asking
+    // until one is granted lands the launch.
+    eventually("the RunInstances bucket to refill", Duration::from_secs(5), || async {
+        cloud.launch(&spec("r5", "t5")).await.is_ok()
+    })
+    .await;
+    assert_eq!(sim.calls().run.load(Ordering::Relaxed), 6);
 }
