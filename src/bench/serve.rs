@@ -50,18 +50,23 @@ pub fn environment(pinned: Vec<(String, String)>) -> Vec<(String, String)> {
 }
 
 /// The settings of a process whose EC2 is `endpoint` (moto, `geonex sim-cloud`
-/// or an account), tagging its instances with `fleet`: the caller's AWS
-/// credentials, or placeholders (moto and the simulated cloud take any).
+/// or an account), tagging its instances with `fleet`, with [`credentials`].
 pub fn ec2_at(endpoint: &str, fleet: &str) -> Vec<(&'static str, String)> {
-    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| "bench".into());
+    let (key, secret) = credentials();
     vec![
         ("GEONEX_CLOUD", "aws".to_owned()),
         ("GEONEX_EC2__ENDPOINT_URL", endpoint.to_owned()),
         ("GEONEX_EC2__REGION", "us-east-1".to_owned()),
         ("GEONEX_EC2__FLEET", fleet.to_owned()),
-        ("AWS_ACCESS_KEY_ID", var("AWS_ACCESS_KEY_ID")),
-        ("AWS_SECRET_ACCESS_KEY", var("AWS_SECRET_ACCESS_KEY")),
+        ("AWS_ACCESS_KEY_ID", key),
+        ("AWS_SECRET_ACCESS_KEY", secret),
     ]
+}
+
+/// The caller's AWS credentials, or placeholders (moto and the simulated cloud take any).
+pub fn credentials() -> (String, String) {
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| "bench".into());
+    (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY"))
 }
 
 fn command(env: &[(String, String)], args: &[&str]) -> anyhow::Result<tokio::process::Command> {
